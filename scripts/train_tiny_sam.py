@@ -1,0 +1,350 @@
+"""Train napari-sam's tiny SAM: a test model with real SAM geometry, trained on CPU.
+
+The network is built from ``segment_anything.modeling`` classes with the geometry of the official
+models (1024 px input, 16 px patches -> 64x64 embedding, 256x256 low-resolution masks), but it is
+narrow and shallow so that it trains in well under an hour on 2 CPU cores. It learns box and point
+prompts on procedurally generated cell-like images (``napari_sam.core.synthetic``) and on
+crops of permissively licensed real images in ``tests/data/real`` (see ATTRIBUTION.md there).
+The held-out real images (cb4df20a83, 4d14a3629b) are never used here.
+
+It is NOT a real SAM: it knows blobs and nuclei, nothing else.
+
+Usage::
+
+    python scripts/train_tiny_sam.py --steps 3000 --out src/napari_sam/data/tiny_sam.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from napari_sam.core.architecture import SamArchitecture, build_sam
+from napari_sam.core.synthetic import make_cells
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT / "tests" / "data" / "real"
+#: Real images used for training; the others in tests/data/real are held out for evaluation.
+TRAIN_REAL = [
+    ("0287e7ee5b_image.png", "0287e7ee5b_labels.tif"),
+    ("00ae65c1c6_image.png", "00ae65c1c6_labels.tif"),
+    ("08275a5b1c_image.png", "08275a5b1c_labels.tif"),
+    ("set1_image_raw.tif", "set1_labels.tif"),
+]
+
+TINY_ARCH = SamArchitecture(
+    encoder_embed_dim=64,
+    encoder_depth=4,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(3,),
+    prompt_embed_dim=128,
+    decoder_mlp_dim=512,
+    decoder_num_heads=4,
+    iou_head_hidden_dim=128,
+)
+IMG = 1024
+LOW = 256
+
+
+def to_uint8(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Percentile-normalise (as the engine does by default) to uint8 RGB."""
+    if img.dtype == np.uint8:
+        out = img
+    else:
+        img = img.astype(np.float32)
+        lo, hi = np.percentile(img, [1.0, 99.8])
+        out = (np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, -1)
+    return np.ascontiguousarray(out[..., :3])
+
+
+def load_real() -> list[tuple[np.ndarray, np.ndarray]]:
+    import imageio.v3 as iio
+    import tifffile
+
+    data = []
+    for im_name, lab_name in TRAIN_REAL:
+        p = REAL / im_name
+        img = tifffile.imread(p) if p.suffix == ".tif" else iio.imread(p)
+        if img.ndim == 3:
+            img = img[..., :3]
+        lab = tifffile.imread(REAL / lab_name).astype(np.int32)
+        data.append((img, lab))
+    return data
+
+
+def sample_real(rng, real):
+    img, lab = real[rng.integers(len(real))]
+    h, w = lab.shape
+    size = int(rng.integers(192, min(h, w, 512) + 1))
+    ch = min(h, size)
+    cw = min(w, int(size * rng.uniform(0.75, 1.33)))
+    y0 = int(rng.integers(0, h - ch + 1))
+    x0 = int(rng.integers(0, w - cw + 1))
+    img = img[y0 : y0 + ch, x0 : x0 + cw]
+    lab = lab[y0 : y0 + ch, x0 : x0 + cw]
+    k = int(rng.integers(4))
+    img, lab = np.rot90(img, k).copy(), np.rot90(lab, k).copy()
+    if rng.random() < 0.5:
+        img, lab = img[:, ::-1].copy(), lab[:, ::-1].copy()
+    return img, lab
+
+
+def sample_synthetic(rng):
+    h = int(rng.choice([192, 256, 256, 320]))
+    w = int(rng.choice([192, 256, 256, 320]))
+    s = make_cells((h, w), seed=rng, radius_range=(4, 60))
+    return s.image, s.labels
+
+
+def preprocess(rgb: np.ndarray) -> tuple[torch.Tensor, float]:
+    """uint8 (H, W, 3) -> float (3, 1024, 1024) resized longest side to 1024, zero padded."""
+    h, w = rgb.shape[:2]
+    scale = IMG / max(h, w)
+    nh, nw = round(h * scale), round(w * scale)
+    t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    t = F.interpolate(t, (nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
+    mean = torch.tensor(TINY_ARCH.pixel_mean).view(3, 1, 1)
+    std = torch.tensor(TINY_ARCH.pixel_std).view(3, 1, 1)
+    t = (t - mean) / std
+    return F.pad(t, (0, IMG - nw, 0, IMG - nh)), scale
+
+
+def lowres_target(mask: np.ndarray, scale: float) -> torch.Tensor:
+    """Object mask at the original resolution -> (256, 256) float target in the padded frame."""
+    h, w = mask.shape
+    nh, nw = round(h * scale / 4), round(w * scale / 4)
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    t = F.interpolate(t, (nh, nw), mode="bilinear", align_corners=False)[0, 0]
+    return F.pad((t > 0.5).float(), (0, LOW - nw, 0, LOW - nh))
+
+
+def make_prompts(rng, lab: np.ndarray, scale: float, max_objects: int):
+    """Pick objects; make box, one-click and multi-point prompts (coords in the 1024 frame)."""
+    ids = np.unique(lab)
+    ids = ids[ids > 0]
+    if len(ids) == 0:
+        return []
+    ids = rng.permutation(ids)[:max_objects]
+    slices = ndi.find_objects(lab)
+    out = []
+    for i in ids:
+        sl = slices[i - 1]
+        if sl is None:
+            continue
+        m = lab == i
+        ys, xs = np.nonzero(m[sl])
+        ys = ys + sl[0].start
+        xs = xs + sl[1].start
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        kind = rng.choice(["box", "click", "points"], p=[0.45, 0.4, 0.15])
+        pts, pl, box = None, None, None
+        if kind == "box":
+            bh, bw = y1 - y0, x1 - x0
+            jit = rng.normal(0, 0.08, 4) * np.array([bw, bh, bw, bh])
+            jit = np.clip(jit, -15, 15)
+            box = np.array([x0, y0, x1, y1], np.float32) + jit
+            if rng.random() < 0.2:  # box plus a click, as users do
+                j = rng.integers(len(ys))
+                pts, pl = np.array([[xs[j] + 0.5, ys[j] + 0.5]]), np.array([1])
+        elif kind == "click":
+            # Interior-biased: pick among pixels weighted by distance to the border.
+            d = ndi.distance_transform_edt(m[sl])[m[sl]]
+            p = d / d.sum()
+            j = rng.choice(len(ys), p=p) if rng.random() < 0.7 else rng.integers(len(ys))
+            pts, pl = np.array([[xs[j] + 0.5, ys[j] + 0.5]]), np.array([1])
+        else:
+            npos = int(rng.integers(1, 4))
+            jp = rng.integers(len(ys), size=npos)
+            pts = [[xs[j] + 0.5, ys[j] + 0.5] for j in jp]
+            pl = [1] * npos
+            # A negative click on a neighbouring object or the background near the box.
+            ring = ndi.binary_dilation(m, iterations=8) & ~m
+            ry, rx = np.nonzero(ring)
+            if len(ry) and rng.random() < 0.8:
+                j = rng.integers(len(ry))
+                pts.append([rx[j] + 0.5, ry[j] + 0.5])
+                pl.append(0)
+            pts, pl = np.array(pts), np.array(pl)
+        out.append(
+            {
+                "kind": str(kind),
+                "box": None if box is None else box * scale,
+                "points": None if pts is None else pts * scale,
+                "labels": pl,
+                "target": lowres_target(m, scale),
+            }
+        )
+    return out
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = logits.sigmoid().flatten(-2)
+    t = target.flatten(-2)
+    return 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
+
+
+def decode(sam, emb: torch.Tensor, prompt: dict):
+    """Run prompt encoder + decoder for one prompt; returns (4 low-res logits, 4 ious)."""
+    pts = None
+    if prompt["points"] is not None:
+        pts = (
+            torch.as_tensor(prompt["points"], dtype=torch.float32)[None],
+            torch.as_tensor(prompt["labels"], dtype=torch.int64)[None],
+        )
+    box = None if prompt["box"] is None else torch.as_tensor(prompt["box"])[None].float()
+    sparse, dense = sam.prompt_encoder(points=pts, boxes=box, masks=None)
+    masks, iou = sam.mask_decoder.predict_masks(
+        image_embeddings=emb,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+    )
+    return masks[0], iou[0]
+
+
+def prompt_loss(masks, iou, prompt):
+    target = prompt["target"]
+    per = F.binary_cross_entropy_with_logits(
+        masks, target.expand_as(masks), reduction="none"
+    ).mean((-2, -1)) + dice_loss(masks, target[None])
+    with torch.no_grad():
+        pred = masks > 0
+        inter = (pred & (target[None] > 0)).sum((-2, -1)).float()
+        union = (pred | (target[None] > 0)).sum((-2, -1)).float()
+        actual_iou = inter / union.clamp(min=1)
+    if prompt["kind"] == "click" and prompt["box"] is None:
+        # Ambiguous single click: train the 3 multimask outputs, only the best one takes the loss.
+        best = int(per[1:].argmin()) + 1
+        mask_term = per[best]
+        iou_term = F.mse_loss(iou[1:], actual_iou[1:])
+        return mask_term + iou_term, float(actual_iou[best])
+    mask_term = per[0]
+    iou_term = F.mse_loss(iou[:1], actual_iou[:1])
+    return mask_term + iou_term, float(actual_iou[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=2, help="images per step")
+    ap.add_argument("--objects", type=int, default=6, help="prompts per image")
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--real-fraction", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "src/napari_sam/data/tiny_sam.pt")
+    ap.add_argument("--log-every", type=int, default=25)
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    real = load_real()
+    sam = build_sam(TINY_ARCH)
+    sam.train()
+    n_params = sum(p.numel() for p in sam.parameters())
+    print(f"tiny SAM: {n_params / 1e6:.2f} M parameters", flush=True)
+    opt = torch.optim.AdamW(sam.parameters(), lr=args.lr, weight_decay=0.01)
+    warmup = min(200, args.steps // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        t = (step - warmup) / max(1, args.steps - warmup)
+        return args.lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * t)))
+
+    history = []
+    t0 = time.time()
+    run_loss, run_iou, run_n = 0.0, 0.0, 0
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        images, prompt_sets = [], []
+        while len(images) < args.batch:
+            if rng.random() < args.real_fraction:
+                img, lab = sample_real(rng, real)
+            else:
+                img, lab = sample_synthetic(rng)
+            rgb = to_uint8(img, rng)
+            x, scale = preprocess(rgb)
+            prompts = make_prompts(rng, lab, scale, args.objects)
+            if prompts:
+                images.append(x)
+                prompt_sets.append(prompts)
+        emb = sam.image_encoder(torch.stack(images))
+        loss = torch.zeros(())
+        n = 0
+        for b, prompts in enumerate(prompt_sets):
+            for p in prompts:
+                masks, iou = decode(sam, emb[b : b + 1], p)
+                pl, piou = prompt_loss(masks, iou, p)
+                loss = loss + pl
+                run_iou += piou
+                n += 1
+        loss = loss / n
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+        opt.step()
+        run_loss += float(loss.detach()) * n
+        run_n += n
+        if (step + 1) % args.log_every == 0:
+            rec = {
+                "step": step + 1,
+                "loss": round(run_loss / run_n, 4),
+                "train_iou": round(run_iou / run_n, 4),
+                "lr": float(lr_at(step)),
+                "elapsed_s": round(time.time() - t0, 1),
+            }
+            history.append(rec)
+            print(json.dumps(rec), flush=True)
+            run_loss, run_iou, run_n = 0.0, 0.0, 0
+        if (step + 1) % 500 == 0 or step + 1 == args.steps:
+            from napari_sam.core.checkpoints import save_checkpoint
+
+            sam.eval()
+            meta = {
+                "name": "napari-sam tiny test model",
+                "warning": "NOT a real SAM: trained for minutes on synthetic blobs and a few "
+                "nuclei images; for tests and offline demos only",
+                "steps": step + 1,
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "train_real_images": [a for a, _ in TRAIN_REAL],
+                "train_seconds": round(time.time() - t0, 1),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "machine": platform.machine(),
+                "history_tail": history[-5:],
+            }
+            # Weights are stored in half precision: the file stays small, accuracy is unchanged
+            # for a model this coarse; loading casts back to float32.
+            half = {k: (v.half() if v.is_floating_point() else v) for k, v in sam.state_dict().items()}
+            try:
+                save_checkpoint(sam, TINY_ARCH, args.out, meta=meta, state_dict=half)
+            except Exception as exc:  # keep the run's result whatever happens to the writer
+                print(f"save_checkpoint failed ({exc}); writing the raw format", flush=True)
+                torch.save(
+                    {
+                        "napari_sam_format": 1,
+                        "architecture": TINY_ARCH.to_dict(),
+                        "meta": meta,
+                        "state_dict": half,
+                    },
+                    args.out,
+                )
+            sam.train()
+            print(f"saved {args.out} at step {step + 1}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Choosing the torch device SAM runs on.
+
+``torch`` is imported lazily, inside :func:`resolve_device`, so that importing this module is
+cheap.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import DeviceError
+
+_CUDA_RE = re.compile(r"^cuda(?::(\d+))?$")
+
+
+def _cuda_unavailable_reason(torch) -> str:
+    if getattr(torch.version, "cuda", None) is None:
+        return f"this torch build ({torch.__version__}) has no CUDA support (CPU-only torch)"
+    return "torch.cuda.is_available() is False (no usable GPU or driver)"
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Turn a device request into a torch device string that is known to be usable.
+
+    Parameters
+    ----------
+    device : str
+        ``"auto"`` (CUDA when available, else CPU; Apple MPS is only used when asked for
+        explicitly), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``. Case and surrounding
+        blanks are ignored.
+
+    Returns
+    -------
+    str
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+
+    Raises
+    ------
+    DeviceError
+        If the device is unknown or not available, with a one-line message saying why.
+    """
+    import torch
+
+    req = str(device).strip().lower()
+    if req == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if req == "cpu":
+        return "cpu"
+    m = _CUDA_RE.match(req)
+    if m:
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"CUDA was requested ({device!r}) but {_cuda_unavailable_reason(torch)}; "
+                "use --device cpu"
+            )
+        if m.group(1) is not None:
+            index = int(m.group(1))
+            count = torch.cuda.device_count()
+            if index >= count:
+                raise DeviceError(
+                    f"CUDA device {index} was requested but only {count} CUDA device(s) "
+                    f"are visible (cuda:0..cuda:{count - 1}); use --device cuda:0"
+                )
+        return req
+    if req == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceError(
+                "MPS (Apple GPU) was requested but torch.backends.mps.is_available() is False; "
+                "use --device cpu"
+            )
+        return "mps"
+    raise DeviceError(f"unknown device {device!r}; use one of auto, cpu, cuda, cuda:N, mps")

@@ -1,0 +1,292 @@
+"""The SAM engine: image -> embedding (cached) -> masks from prompts.
+
+Qt-free; used by the napari widget, the CLI and the automatic segmentation.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .embedding import (
+    CancelCheck,
+    EmbeddingCache,
+    EmbeddingStore,
+    ImageEmbedding,
+    ProgressCallback,
+    compute_embedding,
+    image_key,
+)
+from .errors import PromptError
+from .prompts import Prompts, make_prompts
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .checkpoints import LoadedModel
+
+
+def upsample_logits(
+    low_res: torch.Tensor, embedding: ImageEmbedding, image_size: int = 1024
+) -> torch.Tensor:
+    """Low-resolution (..., 256, 256) logits -> (..., H, W) at the original resolution.
+
+    Same geometry as ``Sam.postprocess_masks``: to the padded input frame, crop the padding,
+    then to the original size.
+    """
+    import torch.nn.functional as F
+
+    shape = low_res.shape
+    x = low_res.reshape(-1, 1, *shape[-2:]).float()
+    x = F.interpolate(x, (image_size, image_size), mode="bilinear", align_corners=False)
+    h, w = embedding.input_size
+    x = x[..., :h, :w]
+    x = F.interpolate(x, embedding.original_size, mode="bilinear", align_corners=False)
+    return x.reshape(*shape[:-2], *embedding.original_size)
+
+
+@dataclass
+class Prediction:
+    """Masks for one or more objects, with SAM's candidates and scores.
+
+    Attributes
+    ----------
+    scores : ndarray
+        float32 (B, K): predicted IoU of each candidate (K = 3 for multimask output, else 1).
+    best : ndarray
+        int (B,): index of the candidate with the highest predicted IoU.
+    low_res_logits : torch.Tensor
+        (B, K, 256, 256) logits, usable as a mask prompt for the next prediction.
+    embedding : ImageEmbedding
+        The embedding the masks came from (its geometry maps masks back to the image).
+    """
+
+    scores: np.ndarray
+    best: np.ndarray
+    low_res_logits: torch.Tensor
+    embedding: ImageEmbedding
+    _image_size: int = 1024
+    _cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_objects(self) -> int:
+        """Number of objects (B)."""
+        return int(self.scores.shape[0])
+
+    @property
+    def n_candidates(self) -> int:
+        """Candidates per object (K)."""
+        return int(self.scores.shape[1])
+
+    def mask(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
+        """Boolean (H, W) mask of one object; the best candidate unless one is named."""
+        k = int(self.best[obj]) if candidate is None else int(candidate)
+        if not 0 <= k < self.n_candidates:
+            raise PromptError(f"candidate {k} does not exist (0..{self.n_candidates - 1})")
+        if (obj, k) not in self._cache:
+            logits = upsample_logits(self.low_res_logits[obj, k], self.embedding, self._image_size)
+            self._cache[(obj, k)] = (logits > 0).cpu().numpy()
+        return self._cache[(obj, k)]
+
+    @property
+    def masks(self) -> np.ndarray:
+        """Boolean (B, H, W): the best candidate of every object."""
+        return np.stack([self.mask(b) for b in range(self.n_objects)])
+
+    def score(self, obj: int = 0, candidate: int | None = None) -> float:
+        """Predicted IoU of a candidate (the best one by default)."""
+        k = int(self.best[obj]) if candidate is None else int(candidate)
+        return float(self.scores[obj, k])
+
+    def logits(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
+        """Low-resolution (256, 256) logits of a candidate, to pass back as ``mask_input``."""
+        k = int(self.best[obj]) if candidate is None else int(candidate)
+        return self.low_res_logits[obj, k].float().cpu().numpy()
+
+
+class SamEngine:
+    """Embeddings and prompt-to-mask prediction for one loaded model.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        From :func:`napari_sam.core.checkpoints.load_model`.
+    cache : EmbeddingCache, optional
+        In-memory cache (a private one of 32 entries by default).
+    store : EmbeddingStore, optional
+        On-disk embeddings to read, and to write new embeddings to.
+
+    Examples
+    --------
+    >>> engine = SamEngine.from_name("tiny")  # doctest: +SKIP
+    >>> emb = engine.embed(prepare_image(image))  # doctest: +SKIP
+    >>> pred = engine.predict(emb, points=[[120, 80]])  # doctest: +SKIP
+    >>> mask = pred.mask()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        cache: EmbeddingCache | None = None,
+        store: EmbeddingStore | None = None,
+    ) -> None:
+        self.model = model
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.store = store
+        # One forward pass at a time: torch modules are not re-entrant across threads here,
+        # and two concurrent encoders would only fight for the same cores.
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_name(
+        cls,
+        model: str = "vit_b",
+        *,
+        checkpoint: str | None = None,
+        device: str = "auto",
+        progress: ProgressCallback | None = None,
+        store: EmbeddingStore | None = None,
+    ) -> SamEngine:
+        """Load a model (downloading a registry checkpoint if needed) and wrap it."""
+        from .checkpoints import load_model
+
+        return cls(
+            load_model(model, checkpoint=checkpoint, device=device, progress=progress),
+            store=store,
+        )
+
+    @property
+    def model_id(self) -> str:
+        """Identity of the model, part of every embedding's cache key."""
+        return self.model.model_id
+
+    def cached_embedding(self, rgb: np.ndarray) -> ImageEmbedding | None:
+        """The embedding of ``rgb`` if it is in memory or in the store, without computing."""
+        key = image_key(rgb)
+        emb = self.cache.get(self.model_id, key)
+        if emb is None and self.store is not None:
+            emb = self.store.load(self.model_id, key, device=self.model.device)
+            if emb is not None:
+                self.cache.put(emb)
+        return emb
+
+    def embed(
+        self,
+        rgb: np.ndarray,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> ImageEmbedding:
+        """Embedding of a prepared uint8 (H, W, 3) image, computed at most once.
+
+        Parameters
+        ----------
+        rgb : ndarray
+            From :func:`napari_sam.core.normalize.prepare_image`.
+        progress, cancel : callable, optional
+            See :func:`napari_sam.core.embedding.compute_embedding`.
+        """
+        emb = self.cached_embedding(rgb)
+        if emb is not None:
+            return emb
+        with self._lock:
+            emb = compute_embedding(self.model, rgb, progress=progress, cancel=cancel)
+        self.cache.put(emb)
+        if self.store is not None:
+            self.store.save(emb)
+        return emb
+
+    def predict(
+        self,
+        embedding: ImageEmbedding,
+        prompts: Prompts | None = None,
+        *,
+        points: np.ndarray | list | None = None,
+        point_labels: np.ndarray | list | None = None,
+        boxes: np.ndarray | list | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool | None = None,
+    ) -> Prediction:
+        """Masks for the prompted objects.
+
+        Parameters
+        ----------
+        embedding : ImageEmbedding
+            From :meth:`embed`.
+        prompts : Prompts, optional
+            Validated prompts; or give ``points``/``point_labels``/``boxes`` directly, in
+            (row, col) pixel coordinates.
+        mask_input : ndarray, optional
+            (256, 256) or (B, 256, 256) low-resolution logits of a previous prediction
+            (:meth:`Prediction.logits`), to refine it.
+        multimask : bool, optional
+            Ask for three candidates per object. Default: only for a single click, where
+            SAM's answer is ambiguous (part / object / whole); the best one by predicted IoU
+            is chosen and the others stay available.
+
+        Returns
+        -------
+        Prediction
+            One object per box (points shared by all boxes), or one object for points only.
+        """
+        import torch
+
+        if prompts is None:
+            prompts = make_prompts(points, point_labels, boxes, image_shape=embedding.original_size)
+        if multimask is None:
+            multimask = prompts.is_single_click
+        sam = self.model.sam
+        device = sam.device
+        h, w = embedding.original_size
+        scale = sam.image_encoder.img_size / max(h, w)
+        n_obj = prompts.n_objects
+
+        point_arg = None
+        if len(prompts.points):
+            coords = torch.as_tensor(prompts.sam_points() * scale, device=device)
+            labels = torch.as_tensor(prompts.point_labels, device=device, dtype=torch.int)
+            point_arg = (
+                coords[None].expand(n_obj, -1, -1),
+                labels[None].expand(n_obj, -1),
+            )
+        box_arg = None
+        if len(prompts.boxes):
+            box_arg = torch.as_tensor(prompts.sam_boxes() * scale, device=device)
+        mask_arg = None
+        if mask_input is not None:
+            m = np.asarray(mask_input, np.float32)
+            if m.shape[-2:] != (256, 256) or m.ndim not in (2, 3):
+                raise PromptError(f"mask_input must be (256, 256) logits, got shape {m.shape}")
+            m = np.broadcast_to(m.reshape(-1, 256, 256), (n_obj, 256, 256))
+            mask_arg = torch.as_tensor(np.array(m), device=device)[:, None]
+
+        with self._lock, torch.inference_mode():
+            sparse, dense = sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=mask_arg)
+            low_res, iou = sam.mask_decoder(
+                image_embeddings=embedding.features,
+                image_pe=sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+        scores = iou.float().cpu().numpy()
+        return Prediction(
+            scores=scores,
+            best=scores.argmax(axis=1),
+            low_res_logits=low_res,
+            embedding=embedding,
+            _image_size=sam.image_encoder.img_size,
+        )
+
+    def segment(
+        self,
+        rgb: np.ndarray,
+        prompts: Prompts | None = None,
+        **kwargs: object,
+    ) -> Prediction:
+        """Convenience: :meth:`embed` then :meth:`predict`."""
+        return self.predict(self.embed(rgb), prompts, **kwargs)  # type: ignore[arg-type]

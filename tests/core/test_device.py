@@ -1,0 +1,62 @@
+"""Device resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_sam.core.device import resolve_device
+from napari_sam.core.errors import DeviceError
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is available")
+
+
+def test_cpu():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device(" CPU ") == "cpu"
+
+
+@no_cuda
+def test_auto_is_cpu_without_cuda():
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device() == "cpu"
+
+
+@no_cuda
+@pytest.mark.parametrize("req", ["cuda", "cuda:0"])
+def test_cuda_unavailable(req):
+    with pytest.raises(DeviceError) as exc:
+        resolve_device(req)
+    msg = str(exc.value)
+    assert "CUDA was requested" in msg
+    assert "--device cpu" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("req", ["gpu", "cuda:x", "cuda:-1", "tpu", ""])
+def test_unknown(req):
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_device(req)
+
+
+def test_mps_unavailable(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="MPS"):
+        resolve_device("mps")
+
+
+def test_mps_only_when_asked(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("mps") == "mps"
+
+
+def test_with_fake_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("cuda") == "cuda"
+    assert resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(DeviceError, match="only 2 CUDA device"):
+        resolve_device("cuda:2")
