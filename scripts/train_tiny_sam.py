@@ -175,8 +175,20 @@ def make_prompts(rng, lab: np.ndarray, scale: float, max_objects: int):
                 pts.append([rx[j] + 0.5, ry[j] + 0.5])
                 pl.append(0)
             pts, pl = np.array(pts), np.array(pl)
+        # Where the loss looks hardest: the object and a margin as large as the object, in the
+        # 256x256 low-resolution frame. Without it, small objects drown in background pixels
+        # and the decoder learns to predict nothing.
+        f = scale / 4
+        my, mx = max(4.0, (y1 - y0) * f), max(4.0, (x1 - x0) * f)
+        window = (
+            max(0, int(y0 * f - my)),
+            min(LOW, int(np.ceil(y1 * f + my))),
+            max(0, int(x0 * f - mx)),
+            min(LOW, int(np.ceil(x1 * f + mx))),
+        )
         out.append(
             {
+                "window": window,
                 "kind": str(kind),
                 "box": None if box is None else box * scale,
                 "points": None if pts is None else pts * scale,
@@ -214,9 +226,13 @@ def decode(sam, emb: torch.Tensor, prompt: dict):
 
 def prompt_loss(masks, iou, prompt):
     target = prompt["target"]
-    per = F.binary_cross_entropy_with_logits(
-        masks, target.expand_as(masks), reduction="none"
-    ).mean((-2, -1)) + dice_loss(masks, target[None])
+    y0, y1, x0, x1 = prompt["window"]
+    weight = torch.full_like(target, 0.05)
+    weight[y0:y1, x0:x1] = 1.0
+    bce = F.binary_cross_entropy_with_logits(masks, target.expand_as(masks), reduction="none")
+    per = (bce * weight).sum((-2, -1)) / weight.sum() + dice_loss(
+        masks[:, y0:y1, x0:x1], target[None, y0:y1, x0:x1]
+    )
     with torch.no_grad():
         pred = masks > 0
         inter = (pred & (target[None] > 0)).sum((-2, -1)).float()
@@ -328,7 +344,9 @@ def main() -> None:
             }
             # Weights are stored in half precision: the file stays small, accuracy is unchanged
             # for a model this coarse; loading casts back to float32.
-            half = {k: (v.half() if v.is_floating_point() else v) for k, v in sam.state_dict().items()}
+            half = {
+                k: (v.half() if v.is_floating_point() else v) for k, v in sam.state_dict().items()
+            }
             try:
                 save_checkpoint(sam, TINY_ARCH, args.out, meta=meta, state_dict=half)
             except Exception as exc:  # keep the run's result whatever happens to the writer

@@ -71,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
         help=f"registry model: {', '.join(MODELS)} (default {DEFAULT_MODEL}; with --checkpoint, "
         "the type is read from the file and this, if given, must match)",
     )
-    g.add_argument("--checkpoint", type=Path, help="a SAM checkpoint file (official or fine-tuned)")
+    g.add_argument(
+        "--checkpoint", type=Path, help="a SAM checkpoint file (official or fine-tuned)"
+    )
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N], mps")
     g.add_argument(
         "--embeddings",
@@ -80,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         help="folder of precomputed embeddings (default: the user cache; see 'embed')",
     )
     g.add_argument(
-        "--no-embedding-cache", action="store_true", help="neither read nor write embeddings on disk"
+        "--no-embedding-cache",
+        action="store_true",
+        help="neither read nor write embeddings on disk",
     )
     n = common.add_argument_group("image normalisation")
     n.add_argument(
@@ -190,11 +194,50 @@ def _embed(engine, rgb):
     return emb
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Fail on missing inputs and unwritable outputs before any slow work (model, encoder)."""
+    from .core.errors import ImageError, NapariSamError
+    from .core.io import LABEL_SUFFIXES, READ_SUFFIXES
+
+    for image in args.images if args.command == "embed" else [args.image]:
+        if image.suffix.lower() not in READ_SUFFIXES:
+            raise ImageError(
+                f"Cannot read image {image}: unsupported file type "
+                f"{image.suffix.lower() or '(no extension)'!r} "
+                f"(supported: {', '.join(READ_SUFFIXES)})."
+            )
+        if not image.is_file():
+            what = "not a file" if image.exists() else "file not found"
+            raise ImageError(f"Cannot read image {image}: {what}.")
+    if args.command == "embed":
+        return
+    outputs = [("labels", args.output)]
+    if args.command == "auto" and args.table is not None:
+        outputs.append(("table", args.table))
+    for what, out in outputs:
+        if what == "labels" and out.suffix.lower() not in LABEL_SUFFIXES:
+            raise NapariSamError(
+                f"cannot write labels to {out}: unsupported file type "
+                f"{out.suffix.lower() or '(no extension)'!r} "
+                f"(supported: {', '.join(LABEL_SUFFIXES)})"
+            )
+        folder = out.parent
+        if not folder.is_dir():
+            raise NapariSamError(
+                f"cannot write {what} to {out}: folder {folder} does not exist"
+                if not folder.exists()
+                else f"cannot write {what} to {out}: {folder} is not a folder"
+            )
+        if out.is_dir():
+            raise NapariSamError(f"cannot write {what} to {out}: it is a folder")
+
+
 def _run(args: argparse.Namespace) -> int:
     from .core.io import write_labels
 
-    engine = _engine(args)
+    _check_paths(args)
     if args.command == "embed":
+        engine = _engine(args)
         for path in args.images:
             rgb, _, _ = _prepare(args, path)
             _embed(engine, rgb)
@@ -202,10 +245,13 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{path}: embedding stored in {where}" if where else f"{path}: embedded")
         return EXIT_OK
 
+    # Read the image (and check the prompts against it) before loading the model: mistakes in
+    # the command line are reported at once, not after a download or a model load.
     rgb, _, _ = _prepare(args, args.image)
     if args.command == "segment":
-        return _segment(args, engine, rgb, write_labels)
-    return _auto(args, engine, rgb, write_labels)
+        prompts = _prompts(args, rgb)
+        return _segment(args, _engine(args), rgb, prompts, write_labels)
+    return _auto(args, _engine(args), rgb, write_labels)
 
 
 def _key(rgb):
@@ -214,7 +260,7 @@ def _key(rgb):
     return image_key(rgb)
 
 
-def _segment(args, engine, rgb, write_labels) -> int:
+def _prompts(args, rgb):
     import numpy as np
 
     from .core.errors import PromptError
@@ -224,7 +270,16 @@ def _segment(args, engine, rgb, write_labels) -> int:
         raise PromptError("give at least one --point ROW,COL or --box ROW0,COL0,ROW1,COL1")
     pts = np.array([p[:2] for p in args.point]) if args.point else None
     lbl = np.array([int(p[2]) for p in args.point]) if args.point else None
-    prompts = make_prompts(pts, lbl, args.box or None, image_shape=rgb.shape[:2])
+    return make_prompts(pts, lbl, args.box or None, image_shape=rgb.shape[:2])
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _segment(args, engine, rgb, prompts, write_labels) -> int:
+    import numpy as np
+
     emb = _embed(engine, rgb)
     pred = engine.predict(emb, prompts)
     labels = np.zeros(rgb.shape[:2], np.int32)
@@ -236,7 +291,7 @@ def _segment(args, engine, rgb, write_labels) -> int:
             file=sys.stderr,
         )
     out = write_labels(args.output, labels)
-    print(f"wrote {out} ({pred.n_objects} object{'s' * (pred.n_objects != 1)})")
+    print(f"wrote {out} ({_plural(pred.n_objects, 'object')})")
     return EXIT_OK
 
 
@@ -270,7 +325,7 @@ def _auto(args, engine, rgb, write_labels) -> int:
             w = csv.writer(f)
             w.writerow(result.table)
             w.writerows(zip(*result.table.values(), strict=True))
-    print(f"wrote {out} ({result.n_objects} objects)")
+    print(f"wrote {out} ({_plural(result.n_objects, 'object')})")
     return EXIT_OK
 
 

@@ -137,11 +137,18 @@ def masks_to_labels(
     stab = np.full(n, np.nan) if stability_score is None else np.asarray(stability_score, float)
     areas = np.array([int(m.sum()) for m in masks], dtype=np.int64)
     order = np.argsort(-areas, kind="stable")
-    painted = np.zeros(shape, np.int32)
-    for rank, i in enumerate(order, start=1):
-        painted[masks[i]] = rank
-    visible = np.bincount(painted.ravel(), minlength=n + 1)
-    keep = [r for r in range(1, n + 1) if visible[r] > 0 and visible[r] >= min_size]
+    ranks = [r for r in range(1, n + 1) if areas[order[r - 1]] >= max(min_size, 1)]
+    while True:
+        # Paint large first; repaint without objects that ended up (almost) hidden, so that
+        # dropping a small object uncovers the object underneath instead of leaving a hole.
+        painted = np.zeros(shape, np.int32)
+        for rank in ranks:
+            painted[masks[order[rank - 1]]] = rank
+        visible = np.bincount(painted.ravel(), minlength=n + 1)
+        keep = [r for r in ranks if visible[r] > 0 and visible[r] >= min_size]
+        if len(keep) == len(ranks):
+            break
+        ranks = keep
     lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
     labels = lut[painted]

@@ -469,9 +469,7 @@ def save_checkpoint(
         "napari_sam_format": FORMAT_VERSION,
         "architecture": arch.to_dict(),
         "meta": meta,
-        "state_dict": {
-            k: v.detach().cpu() for k, v in (state_dict or sam.state_dict()).items()
-        },
+        "state_dict": {k: v.detach().cpu() for k, v in (state_dict or sam.state_dict()).items()},
     }
     tmp = _temp_path(dest)
     try:

@@ -124,6 +124,10 @@ def compute_embedding(
 
     total = len(encoder.blocks)
     handles = []
+    # Checked before any hook is registered: raising after registering would leave the hooks
+    # on the encoder, and every later run would call this run's callbacks.
+    if cancel is not None and cancel():
+        raise Cancelled("embedding cancelled")
     if progress is not None or cancel is not None:
 
         def hook(module: Any, args: Any, output: Any, index: list[int] = [0]) -> None:  # noqa: B006
@@ -134,8 +138,6 @@ def compute_embedding(
                 progress(index[0], total)
 
         handles = [b.register_forward_hook(hook) for b in encoder.blocks]
-        if cancel is not None and cancel():
-            raise Cancelled("embedding cancelled")
     try:
         with torch.inference_mode():
             features = encoder(sam.preprocess(x.float()))
@@ -226,8 +228,9 @@ class EmbeddingStore:
                     key=str(z["key"]),
                     seconds=0.0,
                 )
-        except (OSError, ValueError, KeyError):
-            # A damaged cache file is only a lost speed-up: recompute and overwrite it.
+        except Exception:
+            # A damaged cache file (truncated: BadZipFile, EOFError; altered: bad CRC, wrong
+            # member types: TypeError; ...) is only a lost speed-up: recompute, overwrite it.
             return None
 
     def save(self, embedding: ImageEmbedding) -> Path:

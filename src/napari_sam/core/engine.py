@@ -81,11 +81,19 @@ class Prediction:
         """Candidates per object (K)."""
         return int(self.scores.shape[1])
 
-    def mask(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
-        """Boolean (H, W) mask of one object; the best candidate unless one is named."""
+    def _index(self, obj: int, candidate: int | None) -> tuple[int, int]:
+        """Validated (object, candidate) indices; the best candidate when none is named."""
+        obj = int(obj)
+        if not 0 <= obj < self.n_objects:
+            raise PromptError(f"object {obj} does not exist (0..{self.n_objects - 1})")
         k = int(self.best[obj]) if candidate is None else int(candidate)
         if not 0 <= k < self.n_candidates:
             raise PromptError(f"candidate {k} does not exist (0..{self.n_candidates - 1})")
+        return obj, k
+
+    def mask(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
+        """Boolean (H, W) mask of one object; the best candidate unless one is named."""
+        obj, k = self._index(obj, candidate)
         if (obj, k) not in self._cache:
             logits = upsample_logits(self.low_res_logits[obj, k], self.embedding, self._image_size)
             self._cache[(obj, k)] = (logits > 0).cpu().numpy()
@@ -98,12 +106,12 @@ class Prediction:
 
     def score(self, obj: int = 0, candidate: int | None = None) -> float:
         """Predicted IoU of a candidate (the best one by default)."""
-        k = int(self.best[obj]) if candidate is None else int(candidate)
+        obj, k = self._index(obj, candidate)
         return float(self.scores[obj, k])
 
     def logits(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
         """Low-resolution (256, 256) logits of a candidate, to pass back as ``mask_input``."""
-        k = int(self.best[obj]) if candidate is None else int(candidate)
+        obj, k = self._index(obj, candidate)
         return self.low_res_logits[obj, k].float().cpu().numpy()
 
 
@@ -194,6 +202,10 @@ class SamEngine:
         if emb is not None:
             return emb
         with self._lock:
+            # Another thread may have computed it while this one waited for the lock.
+            emb = self.cache.get(self.model_id, image_key(rgb))
+            if emb is not None:
+                return emb
             emb = compute_embedding(self.model, rgb, progress=progress, cancel=cancel)
         self.cache.put(emb)
         if self.store is not None:
@@ -234,20 +246,26 @@ class SamEngine:
             One object per box (points shared by all boxes), or one object for points only.
         """
         import torch
+        from segment_anything.utils.transforms import ResizeLongestSide
 
         if prompts is None:
-            prompts = make_prompts(points, point_labels, boxes, image_shape=embedding.original_size)
+            prompts = make_prompts(
+                points, point_labels, boxes, image_shape=embedding.original_size
+            )
         if multimask is None:
             multimask = prompts.is_single_click
         sam = self.model.sam
         device = sam.device
-        h, w = embedding.original_size
-        scale = sam.image_encoder.img_size / max(h, w)
+        # SAM's own transform: x and y are scaled separately, by the *rounded* resized width
+        # and height over the original ones, exactly as the image was resized. (One common
+        # factor would shift prompts by up to half a resized pixel along the shorter side.)
+        transform = ResizeLongestSide(sam.image_encoder.img_size)
         n_obj = prompts.n_objects
 
         point_arg = None
         if len(prompts.points):
-            coords = torch.as_tensor(prompts.sam_points() * scale, device=device)
+            xy = transform.apply_coords(prompts.sam_points(), embedding.original_size)
+            coords = torch.as_tensor(xy, dtype=torch.float32, device=device)
             labels = torch.as_tensor(prompts.point_labels, device=device, dtype=torch.int)
             point_arg = (
                 coords[None].expand(n_obj, -1, -1),
@@ -255,13 +273,20 @@ class SamEngine:
             )
         box_arg = None
         if len(prompts.boxes):
-            box_arg = torch.as_tensor(prompts.sam_boxes() * scale, device=device)
+            xyxy = transform.apply_boxes(prompts.sam_boxes(), embedding.original_size)
+            box_arg = torch.as_tensor(xyxy, dtype=torch.float32, device=device)
         mask_arg = None
         if mask_input is not None:
             m = np.asarray(mask_input, np.float32)
             if m.shape[-2:] != (256, 256) or m.ndim not in (2, 3):
                 raise PromptError(f"mask_input must be (256, 256) logits, got shape {m.shape}")
-            m = np.broadcast_to(m.reshape(-1, 256, 256), (n_obj, 256, 256))
+            m = m.reshape(-1, 256, 256)
+            if len(m) not in (1, n_obj):
+                raise PromptError(
+                    f"mask_input holds {len(m)} masks for {n_obj} objects; give one per object "
+                    "or a single (256, 256) mask for all"
+                )
+            m = np.broadcast_to(m, (n_obj, 256, 256))
             mask_arg = torch.as_tensor(np.array(m), device=device)[:, None]
 
         with self._lock, torch.inference_mode():

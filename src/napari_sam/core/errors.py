@@ -21,5 +21,5 @@ class DeviceError(NapariSamError):
     """The requested compute device is not available."""
 
 
-class Cancelled(NapariSamError):  # noqa: N818 - reads better at call sites than CancelledError
+class Cancelled(NapariSamError):
     """Long work was cancelled by the user."""

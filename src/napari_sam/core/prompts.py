@@ -52,9 +52,11 @@ class Prompts:
     def sam_boxes(self) -> np.ndarray:
         """Boxes as SAM's (x0, y0, x1, y1), float32 (B, 4), covering the corner pixels."""
         b = self.boxes
-        return np.stack(
-            [b[:, 1], b[:, 0], b[:, 3] + 1.0, b[:, 2] + 1.0], axis=1
-        ).astype(np.float32) if len(b) else np.zeros((0, 4), np.float32)
+        return (
+            np.stack([b[:, 1], b[:, 0], b[:, 3] + 1.0, b[:, 2] + 1.0], axis=1).astype(np.float32)
+            if len(b)
+            else np.zeros((0, 4), np.float32)
+        )
 
 
 def make_prompts(
@@ -95,11 +97,13 @@ def make_prompts(
     if point_labels is None:
         labels = np.ones(len(pts), np.int64)
     else:
-        labels = np.asarray(point_labels).astype(np.int64).reshape(-1)
+        labels = np.asarray(point_labels).reshape(-1)
     if len(labels) != len(pts):
         raise PromptError(f"{len(pts)} points but {len(labels)} point labels")
+    # Checked before the cast to int, which would silently turn e.g. 0.5 into 0.
     if not np.isin(labels, (POSITIVE, NEGATIVE)).all():
         raise PromptError("point labels must be 1 (positive) or 0 (negative)")
+    labels = labels.astype(np.int64)
     bx = np.zeros((0, 4), np.float64) if boxes is None else np.asarray(boxes, np.float64)
     if bx.size == 0:
         bx = np.zeros((0, 4), np.float64)
@@ -113,11 +117,13 @@ def make_prompts(
         [np.minimum(bx[:, :2], bx[:, 2:]), np.maximum(bx[:, :2], bx[:, 2:])], axis=1
     )
     if len(bx) == 0 and not (labels == POSITIVE).any():
-        raise PromptError("add at least one positive point or a box: negatives alone select nothing")
+        raise PromptError(
+            "add at least one positive point or a box: negatives alone select nothing"
+        )
     if image_shape is not None:
         h, w = image_shape
-        outside = (pts[:, 0] < -0.5) | (pts[:, 0] > h - 0.5) | (pts[:, 1] < -0.5) | (
-            pts[:, 1] > w - 0.5
+        outside = (
+            (pts[:, 0] < -0.5) | (pts[:, 0] > h - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > w - 0.5)
         )
         if outside.any():
             r, c = pts[np.argmax(outside)]

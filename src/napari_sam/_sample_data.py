@@ -1,0 +1,55 @@
+"""Offline sample data for napari's File > Open Sample menu.
+
+Only images that need no download: scikit-image's bundled ones and napari-sam's own
+synthetic generator (which comes with ground-truth labels, handy to judge SAM's masks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LayerData = list[tuple[Any, dict[str, Any], str]]
+
+
+def coins() -> LayerData:
+    """Greek coins on a plain background (scikit-image)."""
+    from skimage import data
+
+    return [(data.coins(), {"name": "coins"}, "image")]
+
+
+def cell() -> LayerData:
+    """A cell imaged by phase contrast (scikit-image)."""
+    from skimage import data
+
+    return [(data.cell(), {"name": "cell"}, "image")]
+
+
+def ihc() -> LayerData:
+    """Immunohistochemistry (IHC) staining, RGB (scikit-image)."""
+    from skimage import data
+
+    return [(data.immunohistochemistry(), {"name": "ihc", "rgb": True}, "image")]
+
+
+def synthetic_cells() -> LayerData:
+    """Cell-like objects in a float image, with their reference instance labels."""
+    from .core.synthetic import make_cells
+
+    s = make_cells((384, 512), seed=7, radius_range=(6, 40), polarity="bright", colour=False)
+    return [
+        (s.image, {"name": "synthetic cells"}, "image"),
+        (s.labels, {"name": "reference labels", "visible": False}, "labels"),
+    ]
+
+
+def nuclei_3d() -> LayerData:
+    """A (Z, Y, X) volume of nuclei, 2 µm between slices and 0.5 µm pixels."""
+    from .core.synthetic import make_nuclei_volume
+
+    s = make_nuclei_volume((24, 160, 160), n_objects=14, seed=1)
+    meta = {"scale": (2.0, 0.5, 0.5), "units": ("um", "um", "um")}
+    return [
+        (s.image, {"name": "nuclei 3D", **meta}, "image"),
+        (s.labels, {"name": "reference labels", "visible": False, **meta}, "labels"),
+    ]
