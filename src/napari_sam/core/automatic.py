@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -102,6 +102,29 @@ class AutoSegmentation:
         return len(self.table["label"])
 
 
+class RegionMask(NamedTuple):
+    """A boolean mask stored inside a box of the image: ``mask`` placed at row y0, column x0.
+
+    The fast automatic segmentation keeps masks this way: work and memory follow the
+    object's size, not the image's.
+    """
+
+    y0: int
+    x0: int
+    mask: np.ndarray
+
+    def paint(self, image: np.ndarray, value: int) -> None:
+        """Set ``image`` to ``value`` where the mask is True."""
+        h, w = self.mask.shape
+        image[self.y0 : self.y0 + h, self.x0 : self.x0 + w][self.mask] = value
+
+    def full(self, shape: tuple[int, int]) -> np.ndarray:
+        """The mask as a boolean array of the whole image."""
+        out = np.zeros(shape, bool)
+        self.paint(out, True)
+        return out
+
+
 def masks_to_labels(
     masks: list[np.ndarray],
     shape: tuple[int, int],
@@ -118,8 +141,8 @@ def masks_to_labels(
 
     Parameters
     ----------
-    masks : list of ndarray
-        Boolean (H, W) masks.
+    masks : list of ndarray or RegionMask
+        Boolean (H, W) masks, or :class:`RegionMask` (a mask given inside its box).
     shape : tuple of int
         (H, W) of the output.
     predicted_iou, stability_score : ndarray, optional
@@ -135,7 +158,8 @@ def masks_to_labels(
     n = len(masks)
     piou = np.full(n, np.nan) if predicted_iou is None else np.asarray(predicted_iou, float)
     stab = np.full(n, np.nan) if stability_score is None else np.asarray(stability_score, float)
-    areas = np.array([int(m.sum()) for m in masks], dtype=np.int64)
+    regions = [m if isinstance(m, RegionMask) else RegionMask(0, 0, m) for m in masks]
+    areas = np.array([int(r.mask.sum()) for r in regions], dtype=np.int64)
     order = np.argsort(-areas, kind="stable")
     ranks = [r for r in range(1, n + 1) if areas[order[r - 1]] >= max(min_size, 1)]
     while True:
@@ -143,7 +167,7 @@ def masks_to_labels(
         # dropping a small object uncovers the object underneath instead of leaving a hole.
         painted = np.zeros(shape, np.int32)
         for rank in ranks:
-            painted[masks[order[rank - 1]]] = rank
+            regions[order[rank - 1]].paint(painted, rank)
         visible = np.bincount(painted.ravel(), minlength=n + 1)
         keep = [r for r in ranks if visible[r] > 0 and visible[r] >= min_size]
         if len(keep) == len(ranks):
@@ -170,11 +194,173 @@ def masks_to_labels(
     return labels, table
 
 
+def _fast_batch(
+    gen: Any, points: np.ndarray, im_size: tuple[int, ...], crop_box: list[int], orig_size: tuple
+) -> Any:
+    """``SamAutomaticMaskGenerator._process_batch`` with the same results, computed sparingly.
+
+    The official batch upsamples every candidate mask to the full crop in float32, then
+    filters by predicted IoU, computes the stability score on the full masks and run-length
+    encodes them. Here the predicted IoU filter comes first (it needs no mask), and each
+    surviving candidate is upsampled only inside the box where its logits can exceed the
+    lower stability threshold (:func:`~napari_sam.core.engine.upsample_region`; outside it
+    they cannot, so the counts are the same). Masks stay as :class:`RegionMask`.
+    """
+    import torch
+    from segment_anything.utils.amg import MaskData, is_box_near_crop_edge
+
+    from .engine import upsample_region
+
+    predictor = gen.predictor
+    sam = predictor.model
+    orig_h, orig_w = orig_size
+    thr, offset = sam.mask_threshold, gen.stability_score_offset
+    coords = predictor.transform.apply_coords(points, im_size)
+    in_points = torch.as_tensor(coords, dtype=torch.float32, device=predictor.device)
+    in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
+    prompts = (in_points[:, None, :], in_labels[:, None])
+    low_res, iou_preds, rows = _decode_filtered(
+        sam, predictor.features, prompts, gen.pred_iou_thresh
+    )
+    n_cand = iou_preds.shape[1]
+    iou_preds = iou_preds.flatten(0, 1).float().cpu()
+    all_points = torch.as_tensor(points.repeat(n_cand, axis=0))
+    keep = (
+        torch.nonzero(iou_preds > gen.pred_iou_thresh)[:, 0]
+        if gen.pred_iou_thresh > 0.0
+        else torch.arange(len(iou_preds))
+    )
+
+    geometry = predictor  # has input_size and original_size (the crop's)
+    inter, union, found = [], [], []
+    for i in keep.tolist():
+        logit_map = low_res[rows[i // n_cand], i % n_cand]
+        region = upsample_region(logit_map, geometry, thr - offset, sam.image_encoder.img_size)
+        if region is None:
+            inter.append(0)
+            union.append(0)
+            found.append(None)
+            continue
+        logits, (y0, _, x0, _) = region
+        inter.append(int((logits > thr + offset).sum()))
+        union.append(int((logits > thr - offset).sum()))
+        found.append((logits, y0, x0))
+    # int32 / int32 -> float32, as calculate_stability_score does it.
+    stability = torch.tensor(inter, dtype=torch.int32) / torch.tensor(union, dtype=torch.int32)
+    if gen.stability_score_thresh > 0.0:
+        passed = (stability >= gen.stability_score_thresh).nonzero()[:, 0].tolist()
+    else:
+        passed = list(range(len(found)))
+
+    regions, boxes = [], []
+    for j in passed:
+        if found[j] is None:
+            mask, y0, x0 = np.zeros((0, 0), bool), 0, 0
+        else:
+            logits, y0, x0 = found[j]
+            mask = (logits > thr).cpu().numpy()
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if len(rows):
+            # Trim to the mask's own box: less to keep and to paint later.
+            mask = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            y0, x0 = y0 + int(rows[0]), x0 + int(cols[0])
+            boxes.append([x0, y0, x0 + mask.shape[1] - 1, y0 + mask.shape[0] - 1])
+        else:
+            boxes.append([0, 0, 0, 0])
+        regions.append(RegionMask(y0 + crop_box[1], x0 + crop_box[0], mask))
+
+    sel = keep[torch.as_tensor(passed, dtype=torch.long)]
+    data = MaskData(
+        rles=regions,  # the key the official code expects; RegionMask instead of RLE
+        iou_preds=iou_preds[sel],
+        points=all_points[sel],
+        stability_score=stability[torch.as_tensor(passed, dtype=torch.long)],
+        boxes=torch.as_tensor(boxes, dtype=torch.int64).reshape(-1, 4),
+    )
+    near_edge = is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
+    if torch.any(near_edge):
+        data.filter(~near_edge)
+    return data
+
+
+def _decode_filtered(
+    sam: Any, features: Any, prompts: tuple[Any, Any], iou_thresh: float
+) -> tuple[Any, Any, dict[int, int]]:
+    """Decode multimask prompts; low-resolution masks only of prompts with a candidate kept.
+
+    Returns the low-resolution logits (P', 3, 256, 256) of the prompts that have a
+    candidate with predicted IoU above ``iou_thresh``, all predicted IoUs (P, 3), and the map
+    prompt index -> row of the logits. SAM drops the other candidates before looking at
+    their masks, so they are not made (with the fast modules; otherwise all are made).
+    """
+    import torch
+
+    from ._fast_modules import FastMaskDecoder
+    from .engine import decode
+
+    decoder = sam.mask_decoder
+    if not isinstance(decoder, FastMaskDecoder) or features.shape[0] != 1:
+        low_res, iou = decode(sam, features, points=prompts)
+        return low_res, iou, {i: i for i in range(len(low_res))}
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=prompts, boxes=None, masks=None)
+        pe = sam.prompt_encoder.get_dense_pe()
+        hs, src = decoder.run_transformer(features, pe, sparse, dense)
+        iou = decoder.predict_iou(hs)[:, 1:]
+        wanted = torch.arange(len(iou))
+        if iou_thresh > 0.0:
+            wanted = torch.nonzero((iou > iou_thresh).any(1))[:, 0]
+        if len(wanted) == 0:
+            low_res = iou.new_empty(0, iou.shape[1], 0, 0)
+        else:
+            src = src if src.shape[0] == 1 else src[wanted]
+            size = features.shape[-2:]
+            low_res = decoder.predict_low_res(hs[wanted], src, size, slice(1, None))
+    return low_res, iou, {int(p): r for r, p in enumerate(wanted.tolist())}
+
+
+def _fast_generate(gen: Any, image: np.ndarray) -> list[dict[str, Any]]:
+    """``SamAutomaticMaskGenerator.generate`` for :func:`_fast_batch` results.
+
+    Records hold a :class:`RegionMask` as ``segmentation``.
+    """
+    import torch
+    from segment_anything.utils.amg import box_xyxy_to_xywh, mask_to_rle_pytorch, rle_to_mask
+
+    shape = image.shape[:2]
+    with torch.inference_mode():
+        data = gen._generate_masks(image)
+    if gen.min_mask_region_area > 0 and len(data["rles"]):
+        # Rare path (SAM's hole / island clean-up): through RLEs of full masks, as SAM does.
+        data["rles"] = mask_to_rle_pytorch(
+            torch.as_tensor(np.stack([r.full(shape) for r in data["rles"]]))
+        )
+        data = gen.postprocess_small_regions(
+            data, gen.min_mask_region_area, max(gen.box_nms_thresh, gen.crop_nms_thresh)
+        )
+        data["rles"] = [RegionMask(0, 0, rle_to_mask(rle)) for rle in data["rles"]]
+    records = []
+    for i, region in enumerate(data["rles"]):
+        records.append(
+            {
+                "segmentation": region,
+                "area": int(region.mask.sum()),
+                "bbox": box_xyxy_to_xywh(data["boxes"][i]).tolist(),
+                "predicted_iou": data["iou_preds"][i].item(),
+                "point_coords": [data["points"][i].tolist()],
+                "stability_score": data["stability_score"][i].item(),
+                "crop_box": box_xyxy_to_xywh(data["crop_boxes"][i]).tolist(),
+            }
+        )
+    return records
+
+
 def _make_generator(
     engine: SamEngine,
     params: AutoParams,
     progress: ProgressCallback | None,
     cancel: CancelCheck | None,
+    fast: bool = False,
 ) -> Any:
     from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
@@ -191,7 +377,7 @@ def _make_generator(
             gen.step()
 
     class Generator(SamAutomaticMaskGenerator):
-        """Adds progress and cancellation between batches of prompts."""
+        """Adds progress and cancellation between batches of prompts (and the fast path)."""
 
         done = 0
         total = 1
@@ -204,9 +390,15 @@ def _make_generator(
         def _process_batch(self, *args: Any, **kwargs: Any) -> Any:
             if cancel is not None and cancel():
                 raise Cancelled("automatic segmentation cancelled")
-            out = super()._process_batch(*args, **kwargs)
+            if fast:
+                out = _fast_batch(self, *args, **kwargs)
+            else:
+                out = super()._process_batch(*args, **kwargs)
             self.step()
             return out
+
+        def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+            return _fast_generate(self, image) if fast else super().generate(image)
 
     gen = Generator(engine.model.sam, **params.generator_kwargs())
     gen.predictor = EnginePredictor(engine.model.sam)
@@ -220,6 +412,7 @@ def segment_automatically(
     *,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    fast: bool | None = None,
 ) -> AutoSegmentation:
     """Segment every object in a prepared image.
 
@@ -236,6 +429,9 @@ def segment_automatically(
     cancel : callable, optional
         Polled between steps; :class:`~napari_sam.core.errors.Cancelled` is raised when it
         returns True.
+    fast : bool, optional
+        Post-process the candidate masks only where they can be (same masks as SAM's own
+        generator, which is used when False). Default: ``engine.model.fast``.
 
     Returns
     -------
@@ -247,7 +443,9 @@ def segment_automatically(
 
     check_rgb(rgb)
     params = params or AutoParams()
-    gen = _make_generator(engine, params, progress, cancel)
+    if fast is None:
+        fast = engine.model.fast
+    gen = _make_generator(engine, params, progress, cancel, fast=fast)
     crop_boxes, layer_idxs = generate_crop_boxes(
         rgb.shape[:2], params.crop_n_layers, params.crop_overlap_ratio
     )

@@ -500,6 +500,11 @@ class LoadedModel:
     meta : dict
         Metadata stored in a napari-sam checkpoint (empty for official files); for random
         models ``{"random_seed": seed}``.
+    fast : bool
+        Whether the network runs napari-sam's faster modules (see
+        :mod:`napari_sam.core.acceleration`) rather than the official ones.
+    precision : str
+        Precision of the image encoder: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
     """
 
     sam: Sam
@@ -509,6 +514,8 @@ class LoadedModel:
     sha256: str | None
     device: str
     meta: dict[str, Any] = field(default_factory=dict)
+    fast: bool = False
+    precision: str = "fp32"
 
     @property
     def model_id(self) -> str:
@@ -660,6 +667,8 @@ def load_model(
     checkpoint: str | os.PathLike[str] | None = None,
     device: str = "auto",
     progress: ProgressCallback | None = None,
+    fast: bool | None = None,
+    precision: str | None = None,
 ) -> LoadedModel:
     """Load a SAM network for inference.
 
@@ -677,6 +686,12 @@ def load_model(
         See :func:`napari_sam.core.device.resolve_device`.
     progress : callable, optional
         Download progress callback, see :func:`fetch_checkpoint`.
+    fast : bool, optional
+        Run napari-sam's faster modules (same weights, same results to float rounding; see
+        :mod:`napari_sam.core.acceleration`). Default: on, unless ``NAPARI_SAM_FAST=0``.
+    precision : str, optional
+        Encoder precision, ``"auto"`` (default, or ``$NAPARI_SAM_PRECISION``), ``"fp32"``,
+        ``"bf16"`` or ``"fp16"``; see :func:`napari_sam.core.acceleration.resolve_precision`.
 
     Returns
     -------
@@ -691,12 +706,21 @@ def load_model(
     napari_sam.core.errors.DeviceError
         If ``device`` is not available (checked before anything is downloaded).
     """
+    from .acceleration import configure, default_fast, resolve_precision
+
     if model.startswith("random:"):
         if checkpoint is not None:
             raise CheckpointError(f"model {model!r} has random weights and takes no checkpoint")
-        return random_model(model.removeprefix("random:"), device=device)
+        return random_model(
+            model.removeprefix("random:"),
+            device=device,
+            fast=fast,
+            precision="auto" if precision is None else precision,
+        )
 
     dev = resolve_device(device)
+    # Checked before anything is downloaded, like the device.
+    resolved_precision = resolve_precision(precision, dev)
     requested: ModelSpec | None
     if checkpoint is None:
         if model == "auto":
@@ -749,7 +773,7 @@ def load_model(
     name = requested.name if requested is not None else (_registry_name_for(sha) or "custom")
     sam.to(dev)
     sam.eval()
-    return LoadedModel(
+    loaded = LoadedModel(
         sam=sam,
         name=name,
         architecture=arch,
@@ -758,12 +782,20 @@ def load_model(
         device=dev,
         meta=meta,
     )
+    return configure(
+        loaded,
+        fast=default_fast() if fast is None else fast,
+        precision=resolved_precision,
+    )
 
 
 def random_model(
     arch: str | SamArchitecture = "vit_b",
     device: str = "cpu",
     seed: int = 0,
+    *,
+    fast: bool | None = None,
+    precision: str = "fp32",
 ) -> LoadedModel:
     """Build a SAM network with random (untrained) weights, e.g. for benchmarks and tests.
 
@@ -778,6 +810,11 @@ def random_model(
         See :func:`napari_sam.core.device.resolve_device`.
     seed : int
         Seed for the weight initialisation.
+    fast : bool, optional
+        Faster modules (default: on unless ``NAPARI_SAM_FAST=0``), as in :func:`load_model`.
+    precision : str
+        Encoder precision; float32 by default, so that results are reproducible across
+        machines (``load_model`` defaults to ``"auto"``).
 
     Returns
     -------
@@ -786,6 +823,8 @@ def random_model(
         ``checkpoint`` and ``sha256`` None, and ``meta == {"random_seed": seed}``.
     """
     import torch
+
+    from .acceleration import configure, default_fast
 
     if isinstance(arch, SamArchitecture):
         architecture, label = arch, "custom"
@@ -805,7 +844,7 @@ def random_model(
         sam = build_sam(architecture)
     sam.to(dev)
     sam.eval()
-    return LoadedModel(
+    loaded = LoadedModel(
         sam=sam,
         name=f"random:{label}",
         architecture=architecture,
@@ -814,3 +853,4 @@ def random_model(
         device=dev,
         meta={"random_seed": seed},
     )
+    return configure(loaded, fast=default_fast() if fast is None else fast, precision=precision)

@@ -95,6 +95,9 @@ def compute_embedding(
 ) -> ImageEmbedding:
     """Run SAM's image encoder on a prepared image.
 
+    The encoder runs at the model's precision (``model.precision``, see
+    :mod:`napari_sam.core.acceleration`); the features are always float32.
+
     Parameters
     ----------
     model : LoadedModel
@@ -112,6 +115,8 @@ def compute_embedding(
     """
     import torch
     from segment_anything.utils.transforms import ResizeLongestSide
+
+    from .acceleration import autocast
 
     check_rgb(rgb)
     sam = model.sam
@@ -140,7 +145,10 @@ def compute_embedding(
         handles = [b.register_forward_hook(hook) for b in encoder.blocks]
     try:
         with torch.inference_mode():
-            features = encoder(sam.preprocess(x.float()))
+            x = sam.preprocess(x.float())
+            with autocast(model):
+                features = encoder(x)
+            features = features.float()  # a no-op in fp32; the decoder runs in fp32
     finally:
         for h in handles:
             h.remove()

@@ -5,9 +5,10 @@ Qt-free; used by the napari widget, the CLI and the automatic segmentation.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from .prompts import Prompts, make_prompts
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+    from segment_anything.modeling import Sam
 
     from .checkpoints import LoadedModel
 
@@ -46,6 +48,197 @@ def upsample_logits(
     x = x[..., :h, :w]
     x = F.interpolate(x, embedding.original_size, mode="bilinear", align_corners=False)
     return x.reshape(*shape[:-2], *embedding.original_size)
+
+
+def decode(
+    sam: Sam,
+    features: torch.Tensor,
+    *,
+    points: tuple[torch.Tensor, torch.Tensor] | None = None,
+    boxes: torch.Tensor | None = None,
+    masks: torch.Tensor | None = None,
+    multimask: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt encoder + mask decoder on SAM-frame prompts: (B, K, 256, 256) logits, (B, K) IoU.
+
+    ``points`` is (coords (B, N, 2) as x, y in the 1024 input frame, labels (B, N)).
+    """
+    import torch
+
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        return sam.mask_decoder(
+            image_embeddings=features,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+
+
+def _span(lo: int, hi: int, n_in: int, n_out: int) -> tuple[int, int, int, int]:
+    """Input rows [a, b) and output rows [A, B) of a bilinear resize n_in -> n_out.
+
+    The spans hold every output row that reads input rows ``lo..hi-1`` and start and end on
+    rows where the input and output grids line up (multiples of n_in / gcd and n_out / gcd),
+    so that resizing the input span to the output span uses the very source coordinates and
+    scale of the full resize (only float rounding can differ).
+    """
+    if n_in == n_out:
+        return lo, hi, lo, hi
+    g = math.gcd(n_in, n_out)
+    q, p = n_in // g, n_out // g
+    a = q * (max(lo - 1, 0) // q)
+    b = min(n_in, q * -(-(hi + 1) // q))
+    return a, b, p * (a // q), n_out if b == n_in else p * (b // q)
+
+
+class _Geometry(Protocol):
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
+
+
+def _first_stage(
+    low_res: torch.Tensor, geometry: _Geometry, threshold: float, image_size: int
+) -> tuple[torch.Tensor, tuple[int, int, int, int], tuple[int, int, int, int]] | None:
+    """Low-resolution logits -> the resized input frame, only where they can exceed threshold.
+
+    Returns the logits of input rows ya..yb-1 and columns xa..xb-1 and the output box
+    (Ya, Yb, Xa, Xb) they resize to, or None when no pixel can exceed ``threshold``.
+    """
+    import torch.nn.functional as F
+
+    low = low_res.float()
+    above = low > threshold
+    rows = above.any(1).nonzero()
+    if len(rows) == 0:
+        return None
+    cols = above.any(0).nonzero()
+    n_low = low.shape[-1]
+    f = image_size // n_low
+    if f * n_low != image_size or low.shape[-2] != n_low:  # pragma: no cover - not SAM
+        raise ValueError(f"expected square low-resolution logits dividing {image_size}")
+    spans = []
+    for first, last, n_in, n_out in (
+        (int(rows[0]), int(rows[-1]), geometry.input_size[0], geometry.original_size[0]),
+        (int(cols[0]), int(cols[-1]), geometry.input_size[1], geometry.original_size[1]),
+    ):
+        # Rows of the padded input frame that can be above the threshold: those reading
+        # low-resolution rows first..last (with a margin).
+        lo, hi = max(0, f * (first - 1)), min(n_in, f * (last + 2))
+        if lo >= hi:  # only the padding outside the image is above it
+            return None
+        a, b, big_a, big_b = _span(lo, hi, n_in, n_out)
+        # Low-resolution rows whose exact upsampling covers input rows a..b-1.
+        la, lb = max(0, a // f - 1), min(n_low, -(-b // f) + 1)
+        spans.append((a, b, big_a, big_b, la, lb))
+    (ya, yb, big_ya, big_yb, ly0, ly1), (xa, xb, big_xa, big_xb, lx0, lx1) = spans
+    x = low[ly0:ly1, lx0:lx1][None, None]
+    x = F.interpolate(x, (f * (ly1 - ly0), f * (lx1 - lx0)), mode="bilinear", align_corners=False)
+    x = x[..., ya - f * ly0 : yb - f * ly0, xa - f * lx0 : xb - f * lx0]
+    return x, (ya, yb, xa, xb), (big_ya, big_yb, big_xa, big_xb)
+
+
+def upsample_region(
+    low_res: torch.Tensor,
+    embedding: _Geometry,
+    threshold: float = 0.0,
+    image_size: int = 1024,
+) -> tuple[torch.Tensor, tuple[int, int, int, int]] | None:
+    """Upsample one low-resolution logit map only where it can exceed ``threshold``.
+
+    Bilinear interpolation is a convex combination, so an output pixel can only be above
+    ``threshold`` if one of the low-resolution logits it is made of is. This computes
+    :func:`upsample_logits` inside the box around those, expanded to the rows and columns
+    where the grids of each resize line up, so that the source coordinates are those of the
+    full computation. Values above ``threshold`` equal the full computation's (float
+    rounding can differ in the last bit when the size ratio is not a power of two); values
+    at or below it in the outermost rows and columns of the box may differ, but stay at or
+    below it.
+
+    Parameters
+    ----------
+    low_res : Tensor
+        (256, 256) logits of one mask.
+    embedding : ImageEmbedding
+        Gives the input (resized) and original sizes (anything with ``input_size`` and
+        ``original_size``, e.g. a ``SamPredictor``, will do).
+    threshold : float
+        Outside the returned box, every pixel is at or below it.
+    image_size : int
+        The encoder's input size (1024).
+
+    Returns
+    -------
+    (Tensor, (y0, y1, x0, x1)) or None
+        float32 logits of rows y0..y1-1 and columns x0..x1-1 of the original image, or None
+        when no pixel can exceed ``threshold``.
+    """
+    import torch.nn.functional as F
+
+    first = _first_stage(low_res, embedding, threshold, image_size)
+    if first is None:
+        return None
+    x, (ya, yb, xa, xb), (big_ya, big_yb, big_xa, big_xb) = first
+    if (big_yb - big_ya, big_xb - big_xa) != (yb - ya, xb - xa):
+        x = F.interpolate(
+            x, (big_yb - big_ya, big_xb - big_xa), mode="bilinear", align_corners=False
+        )
+    return x[0, 0], (big_ya, big_yb, big_xa, big_xb)
+
+
+#: Output rows resized at once by :func:`upsample_mask` (a few MiB of float32 at 4096 wide).
+_ROWS_PER_CHUNK = 256
+
+
+def upsample_mask(
+    low_res: torch.Tensor,
+    embedding: _Geometry,
+    threshold: float = 0.0,
+    image_size: int = 1024,
+) -> np.ndarray:
+    """Boolean (H, W) mask ``upsample_logits(low_res) > threshold``, computed by region.
+
+    See :func:`upsample_region`: the work is proportional to the object's bounding box, not
+    to the image. The final resize runs over bands of rows (again where the grids line up)
+    and is thresholded straight into the result, so no full-size float image is made.
+    """
+    import torch.nn.functional as F
+
+    out = np.zeros(embedding.original_size, bool)
+    first = _first_stage(low_res, embedding, threshold, image_size)
+    if first is None:
+        return out
+    x, (ya, yb, xa, xb), (big_ya, big_yb, big_xa, big_xb) = first
+    h, big_h = embedding.input_size[0], embedding.original_size[0]
+    width = big_xb - big_xa
+    if (big_yb - big_ya, width) == (yb - ya, xb - xa):  # the original size is the input size
+        np.greater(x[0, 0].cpu().numpy(), threshold, out=out[big_ya:big_yb, big_xa:big_xb])
+        return out
+    g = math.gcd(h, big_h)
+    q, p = h // g, big_h // g  # q input rows resize to exactly p output rows
+    step = q * max(1, round(_ROWS_PER_CHUNK / p))  # input rows per band, a multiple of q
+    for a in range(ya, yb, step):
+        b = min(a + step, yb)
+        # The band plus one aligned period on each side (where it exists), so that the rows
+        # kept are interpolated from the same neighbours as in the full resize.
+        ma, mb = max(ya, a - q), min(yb, b + q)
+        big_ma = big_ya + p * (ma - ya) // q
+        big_mb = big_yb if mb == yb else big_ya + p * (mb - ya) // q
+        band = F.interpolate(
+            x[:, :, ma - ya : mb - ya],
+            (big_mb - big_ma, width),
+            mode="bilinear",
+            align_corners=False,
+        )
+        big_a = big_ya + p * (a - ya) // q
+        big_b = big_yb if b == yb else big_ya + p * (b - ya) // q
+        np.greater(
+            band[0, 0, big_a - big_ma : big_b - big_ma].cpu().numpy(),
+            threshold,
+            out=out[big_a:big_b, big_xa:big_xb],
+        )
+    return out
 
 
 @dataclass
@@ -95,8 +288,9 @@ class Prediction:
         """Boolean (H, W) mask of one object; the best candidate unless one is named."""
         obj, k = self._index(obj, candidate)
         if (obj, k) not in self._cache:
-            logits = upsample_logits(self.low_res_logits[obj, k], self.embedding, self._image_size)
-            self._cache[(obj, k)] = (logits > 0).cpu().numpy()
+            self._cache[(obj, k)] = upsample_mask(
+                self.low_res_logits[obj, k], self.embedding, 0.0, self._image_size
+            )
         return self._cache[(obj, k)]
 
     @property
@@ -158,14 +352,25 @@ class SamEngine:
         device: str = "auto",
         progress: ProgressCallback | None = None,
         store: EmbeddingStore | None = None,
+        fast: bool | None = None,
+        precision: str | None = None,
     ) -> SamEngine:
-        """Load a model (downloading a registry checkpoint if needed) and wrap it."""
+        """Load a model (downloading a registry checkpoint if needed) and wrap it.
+
+        ``fast`` and ``precision`` are passed to
+        :func:`~napari_sam.core.checkpoints.load_model` (defaults: fast modules, ``"auto"``).
+        """
         from .checkpoints import load_model
 
-        return cls(
-            load_model(model, checkpoint=checkpoint, device=device, progress=progress),
-            store=store,
+        loaded = load_model(
+            model,
+            checkpoint=checkpoint,
+            device=device,
+            progress=progress,
+            fast=fast,
+            precision=precision,
         )
+        return cls(loaded, store=store)
 
     @property
     def model_id(self) -> str:
@@ -289,14 +494,14 @@ class SamEngine:
             m = np.broadcast_to(m, (n_obj, 256, 256))
             mask_arg = torch.as_tensor(np.array(m), device=device)[:, None]
 
-        with self._lock, torch.inference_mode():
-            sparse, dense = sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=mask_arg)
-            low_res, iou = sam.mask_decoder(
-                image_embeddings=embedding.features,
-                image_pe=sam.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
+        with self._lock:
+            low_res, iou = decode(
+                sam,
+                embedding.features,
+                points=point_arg,
+                boxes=box_arg,
+                masks=mask_arg,
+                multimask=multimask,
             )
         scores = iou.float().cpu().numpy()
         return Prediction(

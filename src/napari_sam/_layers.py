@@ -1,0 +1,438 @@
+"""Between napari layers and arrays: image planes, prompt coordinates, writing labels.
+
+Everything here takes layers and plain values (the viewer's current world point and
+displayed axes) and returns arrays, so the widget stays thin. Coordinates always go through
+world space (``layer.data_to_world`` then ``image.world_to_data``): prompt layers may have
+another scale, translation or dimensionality than the image they prompt.
+
+Only napari's public layer API is used: plugin widgets get their viewer through napari's
+``PublicOnlyProxy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._session import point_label
+from .core.errors import ImageError, PromptError
+
+#: Shapes that stand for a box prompt (their bounding box); lines and paths are ignored.
+BOX_SHAPES = ("rectangle", "ellipse", "polygon")
+
+
+@dataclass(frozen=True)
+class Plane:
+    """One 2D plane of a layer's data.
+
+    Attributes
+    ----------
+    axes : tuple of int
+        Data axes shown as rows and as columns (in that order; they may be reversed when the
+        viewer's axis order was changed).
+    index : tuple
+        For every data axis, the index of the plane along it, or None for the two displayed
+        axes.
+    shape : tuple of int
+        (H, W) of the plane, rows by columns.
+    """
+
+    axes: tuple[int, int]
+    index: tuple[int | None, ...]
+    shape: tuple[int, int]
+
+    @property
+    def ndim(self) -> int:
+        """Dimensions of the data the plane belongs to."""
+        return len(self.index)
+
+    @property
+    def is_stack(self) -> bool:
+        """Whether the data has more than the two displayed dimensions."""
+        return self.ndim > 2
+
+    def slicer(self) -> tuple[int | slice, ...]:
+        """Index selecting the plane from the data (rows/cols in data order)."""
+        return tuple(slice(None) if i is None else i for i in self.index)
+
+    def take(self, data: Any) -> np.ndarray:
+        """The plane of ``data`` as an (H, W) or (H, W, C) NumPy array (a copy or a view).
+
+        Extra trailing axes (RGB channels) are kept after rows and columns.
+        """
+        arr = np.asarray(data[self.slicer()])
+        if self.axes[0] > self.axes[1]:
+            arr = np.swapaxes(arr, 0, 1)
+        return arr
+
+    def indices(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Full nD index arrays (for ``labels.data_setitem``) of plane pixels (rows, cols)."""
+        out = []
+        for axis, i in enumerate(self.index):
+            if axis == self.axes[0]:
+                out.append(np.asarray(rows, np.intp))
+            elif axis == self.axes[1]:
+                out.append(np.asarray(cols, np.intp))
+            else:
+                out.append(np.full(len(rows), i, np.intp))
+        return tuple(out)
+
+    def put(self, full: np.ndarray, plane: np.ndarray) -> None:
+        """Write an (H, W) array into the plane of the nD array ``full``."""
+        view = full[self.slicer()]
+        if self.axes[0] > self.axes[1]:
+            view = view.T
+        view[...] = plane
+
+    def describe(self, axis_labels: Sequence[str] | None = None) -> str:
+        """Where the plane is, e.g. ``"z=3"`` (empty for 2D data)."""
+        names = list(axis_labels) if axis_labels is not None else []
+        parts = []
+        for axis, i in enumerate(self.index):
+            if i is not None:
+                name = names[axis] if axis < len(names) else ""
+                # napari's default labels are "-3", "-2", ...: say "axis 0" instead.
+                if not name or name.lstrip("-").isdigit():
+                    name = f"axis {axis}"
+                parts.append(f"{name}={i}")
+        return ", ".join(parts)
+
+
+def level0(layer: Any) -> Any:
+    """The full-resolution data of an image layer (the first level of a multiscale one)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def spatial_shape(layer: Any) -> tuple[int, ...]:
+    """Shape of an image layer without its RGB(A) axis: the shape of its labels."""
+    return tuple(int(s) for s in level0(layer).shape[: layer.ndim])
+
+
+def image_plane(
+    image: Any, world_point: Sequence[float], displayed: Sequence[int], world_ndim: int
+) -> Plane:
+    """The plane of ``image`` the viewer shows.
+
+    Parameters
+    ----------
+    image : napari.layers.Image
+    world_point : sequence of float
+        ``viewer.dims.point``.
+    displayed : sequence of int
+        ``viewer.dims.displayed``: world axes shown as rows and columns.
+    world_ndim : int
+        ``viewer.dims.ndim``.
+
+    Raises
+    ------
+    ImageError
+        In 3D display, when the image does not span the displayed axes, or when the current
+        position lies outside the image.
+    """
+    if len(displayed) != 2:
+        raise ImageError(
+            "SAM segments 2D planes: switch the viewer to 2D display (Ctrl+Y) to annotate"
+        )
+    offset = world_ndim - image.ndim
+    axes = (int(displayed[0]) - offset, int(displayed[1]) - offset)
+    if min(axes) < 0:
+        raise ImageError(
+            f"the image {image.name!r} does not extend along the displayed axes; "
+            "display two of its axes"
+        )
+    shape = spatial_shape(image)
+    data_point = np.asarray(image.world_to_data(np.asarray(world_point, float)), float)
+    index: list[int | None] = []
+    for axis in range(image.ndim):
+        if axis in axes:
+            index.append(None)
+            continue
+        i = round(float(data_point[axis]))
+        if not 0 <= i < shape[axis]:
+            raise ImageError(
+                f"the current position is outside the image {image.name!r} "
+                f"(axis {axis}: {i} not in 0..{shape[axis] - 1}); move the slider onto it"
+            )
+        index.append(i)
+    return Plane(axes=axes, index=tuple(index), shape=(shape[axes[0]], shape[axes[1]]))
+
+
+def _to_image_plane(
+    layer: Any,
+    coords: np.ndarray,
+    image: Any,
+    plane: Plane,
+    world_point: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map ``layer`` data coordinates to (row, col) of ``plane``; flag those on the plane.
+
+    A prompt layer with fewer dimensions than the world is broadcast along the missing ones
+    (as napari draws it): it lies on every plane there.
+    """
+    world_ndim = len(world_point)
+    image_offset = world_ndim - image.ndim
+    first_layer_axis = world_ndim - layer.ndim
+    rc = np.zeros((len(coords), 2), float)
+    on = np.ones(len(coords), bool)
+    for n, p in enumerate(np.asarray(coords, float)):
+        world = np.array(world_point, float)
+        w = np.asarray(layer.data_to_world(p), float)
+        world[world_ndim - len(w) :] = w
+        d = np.asarray(image.world_to_data(world), float)
+        rc[n] = d[plane.axes[0]], d[plane.axes[1]]
+        for axis, i in enumerate(plane.index):
+            if i is None or axis + image_offset < first_layer_axis:
+                continue
+            if round(float(d[axis])) != i:
+                on[n] = False
+    return rc, on
+
+
+def plane_prompts(
+    points_layer: Any | None,
+    boxes_layer: Any | None,
+    image: Any,
+    plane: Plane,
+    world_point: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The prompts on the current plane, in its (row, col) pixel coordinates.
+
+    Parameters
+    ----------
+    points_layer : napari.layers.Points or None
+        Points; a ``label`` feature says positive/negative (positive when absent).
+    boxes_layer : napari.layers.Shapes or None
+        Rectangles (and ellipses and polygons, by their bounding box) are boxes.
+    image : napari.layers.Image
+    plane : Plane
+        From :func:`image_plane`.
+    world_point : sequence of float
+        ``viewer.dims.point``.
+
+    Returns
+    -------
+    points : ndarray
+        (N, 2) float.
+    labels : ndarray
+        (N,) int, 1 positive and 0 negative.
+    boxes : ndarray
+        (B, 4) float (row0, col0, row1, col1).
+    elsewhere : int
+        How many prompts lie on other planes (they are ignored).
+
+    Raises
+    ------
+    PromptError
+        When a point's ``label`` is neither positive nor negative.
+    """
+    points = np.zeros((0, 2))
+    labels = np.zeros(0, int)
+    boxes = np.zeros((0, 4))
+    elsewhere = 0
+    if points_layer is not None and len(points_layer.data):
+        rc, on = _to_image_plane(points_layer, points_layer.data, image, plane, world_point)
+        feats = points_layer.features
+        if "label" in feats.columns:
+            try:
+                all_labels = np.array([point_label(v) for v in feats["label"]], int)
+            except ValueError as e:
+                raise PromptError(f"{points_layer.name}: {e}") from None
+        else:
+            all_labels = np.ones(len(rc), int)
+        points, labels = rc[on], all_labels[on]
+        elsewhere += int((~on).sum())
+    if boxes_layer is not None and len(boxes_layer.data):
+        found = []
+        for verts, kind in zip(boxes_layer.data, boxes_layer.shape_type, strict=True):
+            if kind not in BOX_SHAPES:
+                continue
+            rc, on = _to_image_plane(boxes_layer, verts, image, plane, world_point)
+            if not on.all():
+                elsewhere += 1
+                continue
+            found.append([*rc.min(axis=0), *rc.max(axis=0)])
+        if found:
+            boxes = np.array(found, float)
+    return points, labels, boxes, elsewhere
+
+
+def prompts_on_plane(
+    layer: Any, image: Any, plane: Plane, world_point: Sequence[float]
+) -> list[int]:
+    """Indices of the points (or box shapes) of ``layer`` that lie on ``plane``."""
+    if layer is None or not len(layer.data):
+        return []
+    if hasattr(layer, "shape_type"):
+        return [
+            i
+            for i, verts in enumerate(layer.data)
+            if _to_image_plane(layer, verts, image, plane, world_point)[1].all()
+        ]
+    _, on = _to_image_plane(layer, layer.data, image, plane, world_point)
+    return np.flatnonzero(on).tolist()
+
+
+# ------------------------------------------------------------------------------------------
+# New layers that line up with an image
+# ------------------------------------------------------------------------------------------
+
+
+def _is_axis_aligned(image: Any) -> bool:
+    nd = image.ndim
+    return (
+        np.allclose(image.rotate, np.eye(nd))
+        and np.allclose(image.shear, 0)
+        and np.allclose(image.affine.affine_matrix, np.eye(nd + 1))
+    )
+
+
+def geometry_like(image: Any) -> dict[str, Any]:
+    """Keyword arguments giving a new layer the image's world placement and units."""
+    kwargs: dict[str, Any] = {
+        "scale": tuple(image.scale),
+        "translate": tuple(image.translate),
+        "units": tuple(image.units),
+        "axis_labels": tuple(image.axis_labels),
+    }
+    if not _is_axis_aligned(image):
+        kwargs.update(
+            rotate=np.asarray(image.rotate),
+            shear=np.asarray(image.shear),
+            affine=np.asarray(image.affine.affine_matrix),
+        )
+    return kwargs
+
+
+def preview_placement(image: Any, plane: Plane) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """Shape and placement of a preview layer that covers only the current plane.
+
+    The preview of a stack is one plane thick, placed at the current slice, instead of a
+    full copy of the volume (a 100-slice stack would cost 100 times the memory). Images with
+    rotation, shear or an affine transform get a full-size preview, which is always right.
+    """
+    kwargs = geometry_like(image)
+    full = spatial_shape(image)
+    if not plane.is_stack or not _is_axis_aligned(image):
+        return full, kwargs
+    shape = tuple(full[a] if i is None else 1 for a, i in enumerate(plane.index))
+    scale = np.asarray(image.scale, float)
+    translate = np.asarray(image.translate, float).copy()
+    for axis, i in enumerate(plane.index):
+        if i is not None:
+            translate[axis] += i * scale[axis]
+    kwargs["translate"] = tuple(translate)
+    return shape, kwargs
+
+
+def preview_array(image: Any, plane: Plane, label_image: np.ndarray) -> np.ndarray:
+    """The (H, W) preview labels as data for a layer placed by :func:`preview_placement`."""
+    shape, _ = preview_placement(image, plane)
+    out = np.zeros(shape, np.int32)
+    # In a one-plane-thick preview the plane is at index 0 of every sliced axis.
+    thin = Plane(
+        plane.axes,
+        tuple(
+            None if i is None else (0 if shape[a] == 1 else i) for a, i in enumerate(plane.index)
+        ),
+        plane.shape,
+    )
+    thin.put(out, label_image)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Writing labels
+# ------------------------------------------------------------------------------------------
+
+
+def check_target(labels: Any, image: Any) -> None:
+    """Raise ImageError unless ``labels`` can receive masks of ``image``."""
+    if getattr(labels, "multiscale", False):
+        raise ImageError(f"cannot write into the multiscale labels layer {labels.name!r}")
+    want = spatial_shape(image)
+    got = tuple(labels.data.shape)
+    if got != want:
+        raise ImageError(
+            f"the labels layer {labels.name!r} has shape {got} but the image "
+            f"{image.name!r} has shape {want}; choose another target or a new layer"
+        )
+
+
+@dataclass(frozen=True)
+class Written:
+    """One object written into a labels layer."""
+
+    obj: int
+    label: int
+    pixels: int
+
+
+def write_objects(
+    labels: Any, plane: Plane, masks: Sequence[np.ndarray], *, overwrite: bool
+) -> list[Written]:
+    """Write masks into ``labels`` as new objects, as one undo step.
+
+    Parameters
+    ----------
+    labels : napari.layers.Labels
+    plane : Plane
+        Where the (H, W) masks go.
+    masks : sequence of ndarray
+        Boolean (H, W) masks; where they overlap, smaller ones win (a nucleus inside its cell
+        stays visible).
+    overwrite : bool
+        False: pixels that already carry a label keep it. True: the new objects replace them.
+
+    Returns
+    -------
+    list of Written
+        The objects that kept at least one pixel, with their new label ids (consecutive,
+        from the largest id in the layer + 1). Objects left without pixels get no id.
+    """
+    data = labels.data
+    existing = plane.take(data)
+    areas = [int(m.sum()) for m in masks]
+    drawn = np.zeros(plane.shape, np.int32)
+    for i in np.argsort(areas, kind="stable")[::-1]:
+        drawn[masks[i]] = i + 1
+    target = drawn > 0
+    if not overwrite:
+        target &= existing == 0
+    rows, cols = np.nonzero(target)
+    provisional = drawn[rows, cols]
+    visible = np.bincount(provisional, minlength=len(masks) + 1)
+    next_id = int(np.max(data)) + 1 if np.size(data) else 1
+    lut = np.zeros(len(masks) + 1, np.int64)
+    written = []
+    for i in range(len(masks)):
+        if visible[i + 1] > 0:
+            lut[i + 1] = next_id
+            written.append(Written(obj=i, label=next_id, pixels=int(visible[i + 1])))
+            next_id += 1
+    if not written:
+        return []
+    values = lut[provisional].astype(data.dtype, copy=False)
+    # One block = one entry in the layer's undo history: Ctrl+Z removes the whole commit.
+    with labels.block_history():
+        labels.data_setitem(plane.indices(rows, cols), values)
+    return written
+
+
+def add_features(labels: Any, rows: list[dict[str, Any]]) -> None:
+    """Add one feature row per new label (``index`` column = label id).
+
+    Rows already present for the same ids (left over from an undone commit whose ids were
+    given out again) are replaced.
+    """
+    if not rows:
+        return
+    new = pd.DataFrame(rows)
+    old = labels.features
+    if len(old) and "index" in old.columns:
+        old = old[~old["index"].isin(new["index"])]
+    table = new if not len(old) else pd.concat([old, new], ignore_index=True)
+    labels.features = table.reset_index(drop=True)
