@@ -560,3 +560,19 @@ def test_random_prefix_in_load_model(monkeypatch):
     assert lm.architecture == TINY
     with pytest.raises(CheckpointError, match="takes no checkpoint"):
         load_model("random:mini", checkpoint="x.pt")
+
+
+def test_save_checkpoint_refuses_str_subclasses_in_meta(tmp_path, small_model):
+    """A str subclass (like torch.__version__) would make the file unloadable later."""
+    import torch
+
+    from napari_sam.core.checkpoints import save_checkpoint
+
+    with pytest.raises(TypeError, match="TorchVersion"):
+        save_checkpoint(
+            small_model.sam,
+            small_model.architecture,
+            tmp_path / "m.pt",
+            meta={"torch": torch.__version__},
+        )
+    assert not (tmp_path / "m.pt").exists()

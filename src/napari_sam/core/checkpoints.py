@@ -410,15 +410,17 @@ def fetch_checkpoint(
 
 def _check_plain(value: Any, where: str = "meta") -> None:
     """Raise TypeError unless ``value`` is made of types ``weights_only`` loading accepts."""
-    if value is None or isinstance(value, bool | int | float | str):
+    # Exact types: subclasses (e.g. torch.__version__, a str subclass) are pickled as their
+    # class and make the file unloadable with weights_only=True.
+    if value is None or type(value) in (bool, int, float, str):
         return
-    if isinstance(value, list | tuple):
+    if type(value) in (list, tuple):
         for i, v in enumerate(value):
             _check_plain(v, f"{where}[{i}]")
         return
-    if isinstance(value, dict):
+    if type(value) is dict:
         for k, v in value.items():
-            if not isinstance(k, str):
+            if type(k) is not str:
                 raise TypeError(f"{where} keys must be str, got {type(k).__name__}")
             _check_plain(v, f"{where}[{k!r}]")
         return
