@@ -60,3 +60,22 @@ def blob_image(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="session")
 def make_image():
     return blob_image
+
+
+@pytest.fixture(scope="session")
+def tiny_engine():
+    """The bundled tiny model (real SAM geometry; under-trained, see docs/tiny-model.md)."""
+    import torch
+
+    from napari_sam.core.engine import SamEngine
+    from napari_sam.core.registry import MODELS
+
+    path = MODELS["tiny"].bundled_path
+    if path is None or not path.is_file():
+        pytest.fail(f"the bundled tiny model is missing ({path}); train or restore it")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield SamEngine.from_name("tiny", device="cpu")
+    finally:
+        torch.set_num_threads(threads)

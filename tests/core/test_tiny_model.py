@@ -15,18 +15,9 @@ from napari_sam.core.registry import MODELS
 from napari_sam.core.synthetic import make_cells
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    import torch
-
-    from napari_sam.core.engine import SamEngine
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield SamEngine.from_name("tiny", device="cpu")
-    finally:
-        torch.set_num_threads(threads)
+@pytest.fixture
+def tiny(tiny_engine):
+    return tiny_engine
 
 
 def test_tiny_model_is_bundled_with_real_geometry_and_its_record(tiny):

@@ -19,8 +19,6 @@ import pytest
 import segment_anything  # noqa: F401
 from gui_helpers import GeometricEngine
 
-from napari_sam.core.engine import SamEngine
-
 
 @pytest.fixture(autouse=True)
 def _no_downloads(monkeypatch, tmp_path_factory):
@@ -33,24 +31,6 @@ def _no_downloads(monkeypatch, tmp_path_factory):
 @pytest.fixture
 def geometric_engine(small_model) -> GeometricEngine:
     return GeometricEngine(small_model)
-
-
-@pytest.fixture(scope="session")
-def tiny_engine():
-    """The bundled tiny model (a trained stand-in for SAM) on the CPU."""
-    import torch
-
-    from napari_sam.core.registry import MODELS
-
-    path = MODELS["tiny"].bundled_path
-    if path is None or not path.is_file():
-        pytest.fail(f"the bundled tiny model is missing ({path}); train or restore it")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield SamEngine.from_name("tiny", device="cpu")
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture
