@@ -12,15 +12,16 @@ Precision
     Everything in float32: embeddings equal the official encoder's to float rounding.
 ``"bf16"``
     The image encoder runs under ``torch.autocast`` with bfloat16 (the prompt encoder and mask
-    decoder stay float32; embeddings are returned as float32). About 1% relative error in the
-    embedding; masks of the tiny model agree with float32 to IoU >= 0.99 (see the tests and
-    ``docs/performance.md``).
+    decoder stay float32; embeddings are returned as float32). Below 1% relative error in the
+    embedding (0.6% for ViT-B); each candidate mask of the tiny model agrees with float32 to
+    IoU >= 0.99, and where two candidates' predicted IoUs nearly tie the other one may be
+    chosen (see the tests and ``docs/performance.md``).
 ``"fp16"``
     Float16 autocast for the encoder; CUDA only.
 ``"auto"``
-    bf16 where it was measured faster than fp32 with the same masks: x86 CPUs with AMX-BF16
-    tiles (Intel Sapphire Rapids and later). fp32 everywhere else, CUDA included (not measured
-    for this project; ask for ``"bf16"`` explicitly on recent GPUs).
+    bf16 where it was measured faster than fp32 (3x for ViT-B) with the same masks: x86 CPUs
+    with AMX-BF16 tiles (Intel Sapphire Rapids and later). fp32 everywhere else, CUDA included
+    (not measured for this project; ask for ``"bf16"`` explicitly on recent GPUs).
 
 Environment
 -----------
