@@ -1389,8 +1389,11 @@ class SamWidget(Container):
             self.target.value = layer
         return layer
 
-    def _provenance(self, image: Image, norm: Normalization, plane: Plane) -> dict[str, Any]:
-        model = self.engine.model
+    def _provenance(
+        self, image: Image, norm: Normalization, plane: Plane, engine: Any = None
+    ) -> dict[str, Any]:
+        """Where a result came from; ``engine`` is the one that computed it (default: current)."""
+        model = (engine or self.engine).model
         return {
             "software": f"napari-sam-kit {__version__}",
             "model": model.name,
@@ -1478,16 +1481,8 @@ class SamWidget(Container):
         plane.put(full, result.labels)
         table = pd.DataFrame({k: np.asarray(v) for k, v in result.table.items()})
         table.insert(0, "index", table["label"].astype(np.int64))
-        model = engine.model
         provenance = {
-            "software": f"napari-sam-kit {__version__}",
-            "model": model.name,
-            "checkpoint": str(model.checkpoint) if model.checkpoint else None,
-            "checkpoint_sha256": model.sha256,
-            "device": str(model.device),
-            "normalization": norm.describe(level0(image).dtype),
-            "image": image.name,
-            "plane": plane.describe(tuple(image.axis_labels)),
+            **self._provenance(image, norm, plane, engine),
             "automatic": {k: getattr(params, k) for k in params.__dataclass_fields__},
         }
         layer = Labels(
