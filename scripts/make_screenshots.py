@@ -40,7 +40,7 @@ def wait(app, widget, timeout: float = 300.0) -> None:
 
 
 def hide_notifications() -> None:
-    """Close napari's pop-up notifications (e.g. its PyQt5 deprecation notice)."""
+    """Close napari's pop-up notifications (e.g. deprecation notices)."""
     from qtpy.QtWidgets import QApplication, QDialog
 
     for top in QApplication.topLevelWidgets():
