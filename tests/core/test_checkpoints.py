@@ -248,7 +248,8 @@ def test_download_progress_cache_and_load(mini, server, tiny_sam, monkeypatch):
     assert lm.sha256 == mini.sha256
     assert lm.device == "cpu"
     assert lm.meta == {"trained_on": "nothing", "epochs": [1, 2]}
-    assert lm.model_id == f"mini-{mini.sha256[:16]}"
+    suffix = "" if lm.precision == "fp32" else f"-{lm.precision}"
+    assert lm.model_id == f"mini-{mini.sha256[:16]}{suffix}"
 
 
 def test_cache_survives_new_process_memo(mini, server):
@@ -576,3 +577,13 @@ def test_save_checkpoint_refuses_str_subclasses_in_meta(tmp_path, small_model):
             meta={"torch": torch.__version__},
         )
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_model_id_separates_reduced_precision(mini, server):
+    fp32 = load_model("mini", device="cpu", fast=True, precision="fp32")
+    bf16 = load_model("mini", device="cpu", fast=True, precision="bf16")
+    official = load_model("mini", device="cpu", fast=False, precision="fp32")
+    # bf16 embeddings differ slightly from float32 ones: caches keyed by model_id keep them
+    # apart; the official and fast float32 encoders agree and share.
+    assert bf16.model_id == f"{fp32.model_id}-bf16"
+    assert official.model_id == fp32.model_id

@@ -524,7 +524,9 @@ class LoadedModel:
         """Short stable identity of the weights, safe as a file name (for embedding caches).
 
         ``<name>-<first 16 hex of the SHA-256>`` for checkpoints; for random weights
-        ``<name>-seed<seed>-<8 hex of the architecture>``.
+        ``<name>-seed<seed>-<8 hex of the architecture>``. A reduced-precision encoder adds
+        ``-bf16`` or ``-fp16``: its embeddings differ slightly, so caches must not mix them
+        with float32 ones (the fast and official float32 encoders agree to 1e-5 and share).
         """
         if self.sha256:
             ident = f"{self.name}-{self.sha256[:16]}"
@@ -532,6 +534,8 @@ class LoadedModel:
             arch_json = json.dumps(self.architecture.to_dict(), sort_keys=True, default=str)
             digest = hashlib.sha256(arch_json.encode()).hexdigest()[:8]
             ident = f"{self.name}-seed{self.meta.get('random_seed', 0)}-{digest}"
+        if self.precision != "fp32":
+            ident = f"{ident}-{self.precision}"
         return re.sub(r"[^A-Za-z0-9_.-]", "-", ident)
 
 
