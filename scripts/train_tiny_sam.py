@@ -126,13 +126,19 @@ def preprocess(rgb: np.ndarray) -> tuple[torch.Tensor, float]:
     return F.pad(t, (0, IMG - nw, 0, IMG - nh)), scale
 
 
-def lowres_target(mask: np.ndarray, scale: float) -> torch.Tensor:
-    """Object mask at the original resolution -> (256, 256) float target in the padded frame."""
-    h, w = mask.shape
+def lowres_labels(labels: np.ndarray, scale: float) -> np.ndarray:
+    """Instance labels resampled (nearest) into the (256, 256) low-resolution padded frame.
+
+    One resampling per image, then one comparison per object: resampling each object's mask
+    separately cost more than the network's forward pass.
+    """
+    h, w = labels.shape
     nh, nw = round(h * scale / 4), round(w * scale / 4)
-    t = torch.from_numpy(mask.astype(np.float32))[None, None]
-    t = F.interpolate(t, (nh, nw), mode="bilinear", align_corners=False)[0, 0]
-    return F.pad((t > 0.5).float(), (0, LOW - nw, 0, LOW - nh))
+    rows = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(int), h - 1)
+    cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(int), w - 1)
+    out = np.zeros((LOW, LOW), labels.dtype)
+    out[:nh, :nw] = labels[rows[:, None], cols[None, :]]
+    return out
 
 
 def make_prompts(rng, lab: np.ndarray, scale: float, max_objects: int):
@@ -143,10 +149,14 @@ def make_prompts(rng, lab: np.ndarray, scale: float, max_objects: int):
         return []
     ids = rng.permutation(ids)[:max_objects]
     slices = ndi.find_objects(lab)
+    low = lowres_labels(lab, scale)
     out = []
     for i in ids:
         sl = slices[i - 1]
         if sl is None:
+            continue
+        target = low == i
+        if target.sum() < 3:  # too small to see at the decoder's resolution
             continue
         m = lab == i
         ys, xs = np.nonzero(m[sl])
@@ -201,7 +211,7 @@ def make_prompts(rng, lab: np.ndarray, scale: float, max_objects: int):
                 "box": None if box is None else box * scale,
                 "points": None if pts is None else pts * scale,
                 "labels": pl,
-                "target": lowres_target(m, scale),
+                "target": torch.from_numpy(target.astype(np.float32)),
             }
         )
     return out
@@ -281,18 +291,45 @@ def batch_loss(masks: torch.Tensor, iou: torch.Tensor, prompts: list[dict]):
     return (mask_term + iou_term).sum(), achieved.tolist()
 
 
-def pe_scale_init(sam, scale: float) -> None:
-    """Draw the prompt encoder's random Fourier frequencies with spread ``scale``.
+def init_for_localisation(
+    sam, max_frequency: float, tie_qk: bool = True, qk_gain: float = 3.0
+) -> None:
+    """Initialise the prompt path so that prompts are localised from the first step.
 
-    SAM's position encoding uses frequencies drawn from N(0, 1): a couple of cycles across the
-    1024 px frame, far too coarse to tell apart two nuclei 40 px apart. SAM learned around that
-    with a billion masks; a model trained for minutes cannot, so its frequencies get a wider
-    spread (as in Fourier-feature networks). The matrix is a saved buffer: the official code
-    loads it with the checkpoint, nothing else changes.
+    Two choices SAM could afford to learn from a billion masks, but a model trained for minutes
+    cannot:
+
+    - **Position-encoding frequencies.** SAM draws its random Fourier frequencies from
+      N(0, 1): about two cycles across the 1024 px frame, far too coarse to tell apart two
+      nuclei 40 px apart. Here the magnitudes are log-uniform from 0.25 to ``max_frequency``
+      cycles per unit (the frame is 2 units), in random directions: every scale from the whole
+      frame down to a few pixels is present, and attention can weigh them. The matrix is a
+      saved buffer: the official code loads it with the checkpoint.
+    - **Tied query/key projections** in the mask decoder's attention layers (at
+      initialisation only). With independent random projections the attention between an
+      image position and a prompt token is unrelated to their distance; with ``W_q = W_k``
+      the position-encoding part of the score is a positive kernel of the distance, so
+      image positions near a prompt attend to it before any training. ``qk_gain`` scales
+      them so that this kernel is sharp (default init gives attention logits below 1).
     """
     g = torch.Generator().manual_seed(1234)
-    m = sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
-    m.copy_(scale * torch.randn(m.shape, generator=g))
+    m = sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix  # (2, n)
+    n = m.shape[1]
+    magnitude = torch.exp(
+        torch.empty(n).uniform_(np.log(0.25), np.log(max_frequency), generator=g)
+    )
+    angle = torch.empty(n).uniform_(0, 2 * np.pi, generator=g)
+    m.copy_(torch.stack([magnitude * torch.cos(angle), magnitude * torch.sin(angle)]))
+    if tie_qk:
+        from segment_anything.modeling.transformer import Attention
+
+        with torch.no_grad():
+            for mod in sam.mask_decoder.modules():
+                if isinstance(mod, Attention):
+                    mod.k_proj.weight.mul_(qk_gain)
+                    mod.q_proj.weight.copy_(mod.k_proj.weight)
+                    mod.q_proj.bias.zero_()
+                    mod.k_proj.bias.zero_()
 
 
 def main() -> None:
@@ -307,11 +344,13 @@ def main() -> None:
         "--easy-fraction", type=float, default=0.0, help="easy images' share after the curriculum"
     )
     ap.add_argument(
-        "--pe-scale",
+        "--pe-max-frequency",
         type=float,
-        default=8.0,
-        help="spread of the random Fourier position encoding (SAM: 1.0); see pe_scale_init",
+        default=10.0,
+        help="highest position-encoding frequency, cycles per unit; see init_for_localisation",
     )
+    ap.add_argument("--tie-qk", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--qk-gain", type=float, default=3.0)
     ap.add_argument("--init", type=Path, help="continue from this napari-sam checkpoint")
     ap.add_argument("--save-every", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
@@ -331,7 +370,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     real = load_real()
     sam = build_sam(TINY_ARCH)
-    pe_scale_init(sam, args.pe_scale)
+    init_for_localisation(sam, args.pe_max_frequency, args.tie_qk, args.qk_gain)
     previous = {}
     if args.init is not None:
         init = torch.load(args.init, map_location="cpu", weights_only=True)
