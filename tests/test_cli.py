@@ -149,7 +149,7 @@ def test_embed_then_segment_reuses_the_embedding(capsys, tmp_path, files, cache)
         *model_args(files),
     )  # fmt: skip
     assert code == 0, err
-    assert re.search(r"^embedding \(.+, cpu\): reused$", err, re.M), err
+    assert re.search(r"^embedding \(.+, cpu, (fp32|bf16)\): reused$", err, re.M), err
     assert "computed" not in err
     assert stored_embeddings(cache) == stored
 
@@ -171,6 +171,29 @@ def test_embeddings_folder_option(capsys, tmp_path, files, cache):
     assert code == 0, err
     assert len(list(folder.rglob("*.npz"))) == 1
     assert stored_embeddings(cache) == []
+
+
+def test_precision_and_no_fast_options(capsys, tmp_path, files, cache):
+    code, _, err = run(capsys, "embed", files[1], "--precision", "fp32", *model_args(files))
+    assert code == 0, err
+    assert ", cpu, fp32): computed in" in err
+    # A bf16 embedding differs slightly: it is stored beside the float32 one, not over it.
+    code, _, err = run(capsys, "embed", files[1], "--precision", "bf16", *model_args(files))
+    assert code == 0, err
+    assert ", cpu, bf16): computed in" in err
+    assert len(stored_embeddings(cache)) == 2
+    # The original modules give the same float32 embedding, so it is reused.
+    code, _, err = run(
+        capsys, "segment", files[1], "--box", "2,2,28,40", "-o", tmp_path / "a.tif",
+        "--precision", "fp32", "--no-fast", *model_args(files),
+    )  # fmt: skip
+    assert code == 0, err
+    assert ", cpu, fp32): reused" in err
+
+
+def test_fp16_on_cpu_is_one_clear_error(capsys, files):
+    code, out, err = run(capsys, "embed", files[1], "--precision", "fp16", *model_args(files))
+    assert_one_error_line(code, out, err, "fp16")
 
 
 def test_auto_writes_labels_and_table(capsys, tmp_path, files):

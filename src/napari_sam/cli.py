@@ -76,6 +76,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N], mps")
     g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default=None,
+        help="image-encoder precision (default: $NAPARI_SAM_PRECISION or auto = bf16 on CPUs "
+        "with AMX-BF16, else fp32; fp16 on CUDA only)",
+    )
+    g.add_argument(
+        "--no-fast",
+        action="store_true",
+        help="run Meta's original modules instead of napari-sam's faster ones (same masks)",
+    )
+    g.add_argument(
         "--embeddings",
         type=Path,
         default=None,
@@ -178,7 +190,14 @@ def _engine(args: argparse.Namespace):
             if done >= total:
                 print(file=sys.stderr)
 
-    loaded = load_model(model, checkpoint=args.checkpoint, device=args.device, progress=progress)
+    loaded = load_model(
+        model,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        progress=progress,
+        fast=False if args.no_fast else None,
+        precision=args.precision,
+    )
     store = None
     if not args.no_embedding_cache:
         store = EmbeddingStore(args.embeddings or checkpoints_dir().parent / "embeddings")
@@ -190,7 +209,8 @@ def _embed(engine, rgb):
     cached = engine.cached_embedding(rgb)
     emb = cached or engine.embed(rgb)
     how = "reused" if cached is not None else f"computed in {time.perf_counter() - t0:.1f} s"
-    print(f"embedding ({engine.model_id}, {engine.model.device}): {how}", file=sys.stderr)
+    m = engine.model
+    print(f"embedding ({engine.model_id}, {m.device}, {m.precision}): {how}", file=sys.stderr)
     return emb
 
 
