@@ -51,10 +51,13 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--synthetic", type=int, default=40, help="held-out synthetic images")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--precision", default="fp32", help="encoder precision (fp32, bf16, auto)")
     args = ap.parse_args()
 
     t0 = time.time()
-    engine = SamEngine.from_name(args.model, checkpoint=args.checkpoint, device="cpu")
+    engine = SamEngine.from_name(
+        args.model, checkpoint=args.checkpoint, device="cpu", precision=args.precision
+    )
     results = {}
     syn = PromptScores()
     for rgb, lab in synthetic_set(args.synthetic):
@@ -71,7 +74,11 @@ def main() -> None:
             results[f"{name} ({group})"] = one.summary()
             sc.extend(one)
         results[group] = sc.summary()
-    results["_model"] = {"model_id": engine.model_id, "seconds": round(time.time() - t0, 1)}
+    results["_model"] = {
+        "model_id": engine.model_id,
+        "precision": engine.model.precision,
+        "seconds": round(time.time() - t0, 1),
+    }
     print("| set | objects | mean IoU, 1 box | mean IoU, 1 click |")
     print("|---|---|---|---|")
     for k, v in results.items():

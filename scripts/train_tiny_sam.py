@@ -87,7 +87,8 @@ def load_real() -> list[tuple[np.ndarray, np.ndarray]]:
 def sample_real(rng, real):
     img, lab = real[rng.integers(len(real))]
     h, w = lab.shape
-    size = int(rng.integers(192, min(h, w, 512) + 1))
+    # Up to the whole image: at inference a large image is seen zoomed out (scale ~1).
+    size = int(rng.integers(192, min(h, w) + 1))
     ch = min(h, size)
     cw = min(w, int(size * rng.uniform(0.75, 1.33)))
     y0 = int(rng.integers(0, h - ch + 1))

@@ -329,7 +329,10 @@ def test_fast_automatic_matches_official_generator_on_tiny_model(tiny):
 
 
 def test_tiny_model_masks_fast_and_bf16(tiny):
-    """Fast fp32 and bf16 masks of the tiny model agree with the official ones (IoU >= 0.99).
+    """Fast fp32 and bf16 masks of the tiny model agree with the official ones.
+
+    IoU >= 0.99 in float32; >= 0.97 in bfloat16, whose rounding moves a few border pixels
+    (small masks lose IoU fastest: 3 pixels of a 200-pixel nucleus are 0.985).
 
     Each candidate is compared; the best candidate only where SAM's choice is not a near tie
     (two candidates within 0.02 predicted IoU: any perturbation may pick the other one).
@@ -350,12 +353,12 @@ def test_tiny_model_masks_fast_and_bf16(tiny):
                 out.append(engine.predict(emb, points=[interior_point(cells.labels == i)]))
         return out
 
-    for precision in ("fp32", "bf16"):
+    for precision, floor in (("fp32", 0.99), ("bf16", 0.97)):
         ref, out = both(tiny, run, precision=precision)
         for a, b in zip(ref, out, strict=True):
             for k in range(a.n_candidates):
                 ma, mb = a.mask(0, k), b.mask(0, k)
-                assert (not ma.any() and not mb.any()) or iou(ma, mb) >= 0.99, precision
+                assert (not ma.any() and not mb.any()) or iou(ma, mb) >= floor, precision
             top2 = np.sort(a.scores[0])[-2:]
             if top2[1] - top2[0] > 0.02:
                 assert a.best[0] == b.best[0], precision

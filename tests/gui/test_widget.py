@@ -25,12 +25,18 @@ from gui_helpers import (
 
 from napari_sam._session import KEYS, key_text
 from napari_sam.core.embedding import image_key
+from napari_sam.core.metrics import iou
 from napari_sam.core.normalize import Normalization
 from napari_sam.core.synthetic import make_cells
 
 pytestmark = pytest.mark.gui
 
 SHAPE = (96, 128)
+# Floors for the bundled tiny model, a margin below what it measures (docs/tiny-model.md).
+TINY_CLICK_IOU = 0.55
+TINY_AUTO_PRED_IOU = 0.5
+TINY_AUTO_STABILITY = 0.7
+TINY_AUTO_RECALL = 0.45
 
 
 def noise(shape=SHAPE, seed=0) -> np.ndarray:
@@ -423,9 +429,9 @@ def test_model_loads_in_a_worker_and_the_tiny_model_segments(make_widget, qtbot,
     layer_named(viewer, "SAM points").add(inside_point(target))
     wait_idle(qtbot, widget)
     mask = layer_named(viewer, "SAM preview").data > 0
-    # The bundled tiny model is under-trained (docs/tiny-model.md): it yields a mask, but its
-    # quality is not asserted until a better-trained checkpoint lands.
-    assert mask.any() and mask.shape == target.shape, widget.candidate_info.value
+    assert mask.shape == target.shape
+    # The click's object, not its neighbours (floor a margin below docs/tiny-model.md).
+    assert iou(mask, target) >= TINY_CLICK_IOU, (iou(mask, target), widget.candidate_info.value)
 
 
 # ------------------------------------------------------------------------------------------
@@ -438,10 +444,10 @@ def test_auto_segment_in_a_worker(make_widget, qtbot, tiny_engine):
     viewer, widget, image = open_2d(
         make_widget, qtbot, tiny_engine, image=s.image, scale=(0.5, 0.5)
     )
-    widget.points_per_side.value = 8
-    # Accept every mask: the under-trained tiny model's scores are low (docs/tiny-model.md).
-    widget.pred_iou_thresh.value = 0.0
-    widget.stability_score_thresh.value = 0.0
+    widget.points_per_side.value = 12
+    # The tiny model's predicted IoUs are lower than real SAM's (docs/tiny-model.md).
+    widget.pred_iou_thresh.value = TINY_AUTO_PRED_IOU
+    widget.stability_score_thresh.value = TINY_AUTO_STABILITY
     widget.auto_button.clicked()
     assert shown(widget.progress) and shown(widget.cancel_button)
     wait_idle(qtbot, widget, timeout=120_000)
@@ -453,7 +459,14 @@ def test_auto_segment_in_a_worker(make_widget, qtbot, tiny_engine):
     assert sorted(auto.features["index"].tolist()) == ids.tolist()
     assert {"predicted_iou", "stability_score", "area"} <= set(auto.features.columns)
     prov = auto.metadata["napari_sam"]
-    assert prov["model"] == "tiny" and prov["automatic"]["points_per_side"] == 8
+    assert prov["model"] == "tiny" and prov["automatic"]["points_per_side"] == 12
+    # It found the cells: most reference objects are matched by one label (IoU >= 0.5).
+    found = [
+        max((iou(auto.data == i, s.labels == j) for i in np.unique(auto.data[s.labels == j]) if i),
+            default=0.0)
+        for j in np.unique(s.labels) if j
+    ]  # fmt: skip
+    assert np.mean(np.array(found) >= 0.5) >= TINY_AUTO_RECALL, found
 
 
 def test_auto_segment_of_a_stack_writes_the_current_slice(make_widget, qtbot, small_model):
