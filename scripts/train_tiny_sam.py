@@ -233,15 +233,16 @@ def prompt_key(prompt: dict) -> tuple[int, bool, str]:
 
 def decode_batch(sam, emb: torch.Tensor, prompts: list[dict]):
     """Prompt encoder + decoder for prompts of one key; returns (N, 4, 256, 256), (N, 4)."""
+    dev = emb.device
     pts = None
     if prompts[0]["points"] is not None:
         pts = (
-            torch.as_tensor(np.stack([p["points"] for p in prompts]), dtype=torch.float32),
-            torch.as_tensor(np.stack([p["labels"] for p in prompts]), dtype=torch.int64),
+            torch.as_tensor(np.stack([p["points"] for p in prompts]), dtype=torch.float32).to(dev),
+            torch.as_tensor(np.stack([p["labels"] for p in prompts]), dtype=torch.int64).to(dev),
         )
     box = None
     if prompts[0]["box"] is not None:
-        box = torch.as_tensor(np.stack([p["box"] for p in prompts]), dtype=torch.float32)
+        box = torch.as_tensor(np.stack([p["box"] for p in prompts]), dtype=torch.float32).to(dev)
     sparse, dense = sam.prompt_encoder(points=pts, boxes=box, masks=None)
     return sam.mask_decoder.predict_masks(
         image_embeddings=emb,
@@ -255,7 +256,7 @@ def batch_loss(masks: torch.Tensor, iou: torch.Tensor, prompts: list[dict]):
     """Loss of one decoded batch; returns (summed loss, list of achieved IoUs)."""
     masks = masks.float()
     iou = iou.float()
-    target = torch.stack([p["target"] for p in prompts])  # (N, 256, 256)
+    target = torch.stack([p["target"] for p in prompts]).to(masks.device)  # (N, 256, 256)
     # Pixel loss where it matters: plain BCE averaged over a window around the object (the
     # object plus a margin as large as itself, so objects and background are of similar size),
     # plus half the mean BCE over the rest of the frame, plus dice over the whole frame.
@@ -357,6 +358,7 @@ def main() -> None:
     ap.add_argument("--save-every", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda[:N] to train on a GPU")
     ap.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
@@ -378,6 +380,8 @@ def main() -> None:
         init = torch.load(args.init, map_location="cpu", weights_only=True)
         sam.load_state_dict(init["state_dict"])
         previous = init.get("meta", {})
+    dev = torch.device(args.device)
+    sam.to(dev)
     sam.train()
     n_params = sum(p.numel() for p in sam.parameters())
     print(f"tiny SAM: {n_params / 1e6:.2f} M parameters", flush=True)
@@ -409,9 +413,9 @@ def main() -> None:
             if prompts:
                 images.append(x)
                 prompt_sets.append(prompts)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            emb = sam.image_encoder(torch.stack(images))
-            loss = torch.zeros(())
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+            emb = sam.image_encoder(torch.stack(images).to(dev))
+            loss = torch.zeros((), device=dev)
             n = 0
             for b, prompts in enumerate(prompt_sets):
                 groups: dict[tuple, list[dict]] = {}
@@ -462,7 +466,8 @@ def main() -> None:
             # Weights are stored in half precision: the file stays small, accuracy is unchanged
             # for a model this coarse; loading casts back to float32.
             half = {
-                k: (v.half() if v.is_floating_point() else v) for k, v in sam.state_dict().items()
+                k: (v.half() if v.is_floating_point() else v).cpu()
+                for k, v in sam.state_dict().items()
             }
             try:
                 save_checkpoint(sam, TINY_ARCH, args.out, meta=meta, state_dict=half)
