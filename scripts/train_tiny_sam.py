@@ -2,8 +2,8 @@
 
 The network is built from ``segment_anything.modeling`` classes with the geometry of the official
 models (1024 px input, 16 px patches -> 64x64 embedding, 256x256 low-resolution masks), but it is
-narrow and shallow so that it trains on 2 CPU cores (about 1.5 hours for the committed
-checkpoint, in three runs: see docs/tiny-model.md). It learns box and point
+narrow and shallow so that it trains on 2 CPU cores (about 2 hours for the committed
+checkpoint, in four runs: see docs/tiny-model.md). It learns box and point
 prompts on procedurally generated cell-like images (``napari_sam.core.synthetic``) and on
 crops of permissively licensed real images in ``tests/data/real`` (see ATTRIBUTION.md there).
 The held-out real images (cb4df20a83, 4d14a3629b) are never used here.
