@@ -61,6 +61,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .core.acceleration import PRECISIONS
     from .core.registry import DEFAULT_MODEL, MODELS
 
     common = argparse.ArgumentParser(add_help=False)
@@ -77,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N], mps")
     g.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
+        choices=PRECISIONS,
         default=None,
         help="image-encoder precision (default: $NAPARI_SAM_PRECISION or auto = bf16 on CPUs "
         "with AMX-BF16, else fp32; fp16 on CUDA only)",
