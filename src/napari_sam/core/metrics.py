@@ -24,6 +24,16 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union)
 
 
+def best_match_iou(labels: np.ndarray, reference: np.ndarray) -> float:
+    """IoU of ``reference`` (a boolean mask) with the label of ``labels`` that fits it best.
+
+    Only labels that touch ``reference`` can match; 0.0 when none does. With IoU >= 0.5 as
+    "found", this gives the recall of an instance segmentation.
+    """
+    ids = np.unique(labels[reference])
+    return max((iou(labels == i, reference) for i in ids if i), default=0.0)
+
+
 def interior_point(mask: np.ndarray) -> tuple[int, int]:
     """(row, col) of the pixel farthest from the mask's border: where a person would click."""
     dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
