@@ -246,10 +246,14 @@ def _download(url: str, dest: Path, spec: ModelSpec, progress: ProgressCallback 
     import pooch
     import requests
 
-    manual = (
-        f"download it yourself from {url} and save it as {dest}, "
-        "or pass --checkpoint PATH to use a file you already have"
-    )
+    manual = f"download it yourself from {url} and save it as {dest}"
+    # What to do with a file one already has depends on where one is: the CLI or the widget.
+    hints = {
+        "cli_hint": "or pass --checkpoint PATH to use a file you already have",
+        "gui_hint": "or choose 'custom checkpoint file…' in the model menu to use a file you "
+        "already have",
+        "folder": str(dest.parent),
+    }
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(dest.parent)
     tmp = _temp_path(dest)
@@ -271,7 +275,8 @@ def _download(url: str, dest: Path, spec: ModelSpec, progress: ProgressCallback 
                 what = "not found" if status == 404 else "not available"
                 raise CheckpointError(
                     f"cannot download model {spec.name!r}: {url} was {what} (HTTP {status}); "
-                    f"check {ENV_BASE_URL} if you set it, or {manual}"
+                    f"check {ENV_BASE_URL} if you set it, or {manual}",
+                    **hints,
                 ) from None
             except (
                 requests.exceptions.ChunkedEncodingError,
@@ -279,27 +284,33 @@ def _download(url: str, dest: Path, spec: ModelSpec, progress: ProgressCallback 
             ):
                 raise CheckpointError(
                     f"download of {spec.filename} from {url} was cut off after "
-                    f"{sink.done} of {sink.total or '?'} bytes (truncated); try again, or {manual}"
+                    f"{sink.done} of {sink.total or '?'} bytes (truncated); "
+                    f"try again, or {manual}",
+                    **hints,
                 ) from None
             except requests.exceptions.ConnectionError as e:
                 if sink.done:
                     raise CheckpointError(
                         f"download of {spec.filename} from {url} was interrupted after "
                         f"{sink.done} of {sink.total or '?'} bytes ({_connection_reason(e)}); "
-                        f"try again, or {manual}"
+                        f"try again, or {manual}",
+                        **hints,
                     ) from None
                 raise CheckpointError(
                     f"cannot download model {spec.name!r}: no connection to {url} "
-                    f"(offline? {_connection_reason(e)}); {manual}"
+                    f"(offline? {_connection_reason(e)}); {manual}",
+                    **hints,
                 ) from None
             except requests.exceptions.Timeout:
                 raise CheckpointError(
                     f"download of {spec.filename} from {url} timed out after {sink.done} bytes; "
-                    f"try again, or {manual}"
+                    f"try again, or {manual}",
+                    **hints,
                 ) from None
             except requests.exceptions.RequestException as e:
                 raise CheckpointError(
-                    f"cannot download model {spec.name!r} from {url} ({_short(e, 80)}); {manual}"
+                    f"cannot download model {spec.name!r} from {url} ({_short(e, 80)}); {manual}",
+                    **hints,
                 ) from None
             f.flush()
             os.fsync(f.fileno())
@@ -307,7 +318,8 @@ def _download(url: str, dest: Path, spec: ModelSpec, progress: ProgressCallback 
             if expected_size and sink.done < expected_size:
                 raise CheckpointError(
                     f"download of {spec.filename} from {url} was truncated: got {sink.done} "
-                    f"of {expected_size} bytes; try again, or {manual}"
+                    f"of {expected_size} bytes; try again, or {manual}",
+                    **hints,
                 )
         got = sink.hexdigest()
         want = spec.sha256.lower()

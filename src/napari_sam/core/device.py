@@ -50,8 +50,9 @@ def resolve_device(device: str = "auto") -> str:
     if m:
         if not torch.cuda.is_available():
             raise DeviceError(
-                f"CUDA was requested ({device!r}) but {_cuda_unavailable_reason(torch)}; "
-                "use --device cpu"
+                f"CUDA was requested ({device!r}) but {_cuda_unavailable_reason(torch)}",
+                cli_hint="use --device cpu",
+                gui_hint="choose device 'cpu' (or 'auto')",
             )
         if m.group(1) is not None:
             index = int(m.group(1))
@@ -59,15 +60,18 @@ def resolve_device(device: str = "auto") -> str:
             if index >= count:
                 raise DeviceError(
                     f"CUDA device {index} was requested but only {count} CUDA device(s) "
-                    f"are visible (cuda:0..cuda:{count - 1}); use --device cuda:0"
+                    f"are visible (cuda:0..cuda:{count - 1})",
+                    cli_hint="use --device cuda:0",
+                    gui_hint="choose device 'cuda' or 'cuda:0'",
                 )
         return req
     if req == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise DeviceError(
-                "MPS (Apple GPU) was requested but torch.backends.mps.is_available() is False; "
-                "use --device cpu"
+                "MPS (Apple GPU) was requested but torch.backends.mps.is_available() is False",
+                cli_hint="use --device cpu",
+                gui_hint="choose device 'cpu' (or 'auto')",
             )
         return "mps"
     raise DeviceError(f"unknown device {device!r}; use one of auto, cpu, cuda, cuda:N, mps")

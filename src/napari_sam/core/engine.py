@@ -5,8 +5,10 @@ Qt-free; used by the napari widget, the CLI and the automatic segmentation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -342,6 +344,7 @@ class SamEngine:
         # One forward pass at a time: torch modules are not re-entrant across threads here,
         # and two concurrent encoders would only fight for the same cores.
         self._lock = threading.RLock()
+        self._inside = threading.local()  # how deep this thread is in a locked forward pass
 
     @classmethod
     def from_name(
@@ -377,6 +380,24 @@ class SamEngine:
         """Identity of the model, part of every embedding's cache key."""
         return self.model.model_id
 
+    @contextlib.contextmanager
+    def _forward(self) -> Iterator[None]:
+        """Hold the engine's lock for one forward pass, remembering it per thread."""
+        with self._lock:
+            self._inside.depth = getattr(self._inside, "depth", 0) + 1
+            try:
+                yield
+            finally:
+                self._inside.depth -= 1
+
+    def in_forward(self) -> bool:
+        """Whether the calling thread is inside a forward pass (holding the engine's lock).
+
+        Progress callbacks run there; a scheduler must not pause such a thread in favour of
+        another that needs this engine (it would wait for the lock forever).
+        """
+        return getattr(self._inside, "depth", 0) > 0
+
     def cached_embedding(self, rgb: np.ndarray) -> ImageEmbedding | None:
         """The embedding of ``rgb`` if it is in memory or in the store, without computing."""
         key = image_key(rgb)
@@ -406,7 +427,7 @@ class SamEngine:
         emb = self.cached_embedding(rgb)
         if emb is not None:
             return emb
-        with self._lock:
+        with self._forward():
             # Another thread may have computed it while this one waited for the lock.
             emb = self.cache.get(self.model_id, image_key(rgb))
             if emb is not None:
@@ -494,7 +515,7 @@ class SamEngine:
             m = np.broadcast_to(m, (n_obj, 256, 256))
             mask_arg = torch.as_tensor(np.array(m), device=device)[:, None]
 
-        with self._lock:
+        with self._forward():
             low_res, iou = decode(
                 sam,
                 embedding.features,

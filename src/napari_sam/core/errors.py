@@ -2,7 +2,42 @@
 
 
 class NapariSamError(Exception):
-    """Base class of all errors napari-sam reports to users (GUI notification, CLI line)."""
+    """Base class of all errors napari-sam reports to users (GUI notification, CLI line).
+
+    Parameters
+    ----------
+    message : str
+        What went wrong, worded for any user.
+    cli_hint : str, optional
+        What to do about it on the command line ("pass --checkpoint PATH"); part of
+        ``str(error)``, which is what the CLI prints.
+    gui_hint : str, optional
+        What to do about it in the napari widget ("choose 'custom checkpoint file…'"); see
+        :meth:`for_gui`.
+    folder : str, optional
+        A folder the user may need to open (e.g. where a checkpoint should be put).
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        cli_hint: str | None = None,
+        gui_hint: str | None = None,
+        folder: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cli_hint = cli_hint
+        self.gui_hint = gui_hint
+        self.folder = folder
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.cli_hint}" if self.cli_hint else self.message
+
+    def for_gui(self) -> str:
+        """The message with the widget's hint instead of the command line's."""
+        return f"{self.message}; {self.gui_hint}" if self.gui_hint else self.message
 
 
 class CheckpointError(NapariSamError):
