@@ -1,6 +1,6 @@
 """Plain state and logic behind the napari widget: no napari, no Qt.
 
-The widget (:mod:`napari_sam._widget`) only reads controls and layers, starts workers and
+The widget (:mod:`napari_sam.widget`) only reads controls and layers, starts workers and
 draws results; what to predict for a set of prompts, which candidate is shown, how it is
 described and which results are stale lives here, where it can be tested without a display.
 """

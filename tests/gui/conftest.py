@@ -37,7 +37,7 @@ def geometric_engine(small_model) -> GeometricEngine:
 def make_widget(make_napari_viewer_proxy, qtbot):
     """``make_widget(engine=None, **viewer_kwargs) -> (viewer, widget)``; widgets are closed
     (keys unbound, workers stopped) at the end of the test."""
-    from napari_sam._widget import SamWidget
+    from napari_sam.widget import SamWidget
 
     made = []
 
@@ -51,5 +51,5 @@ def make_widget(make_napari_viewer_proxy, qtbot):
     for widget in made:
         if not widget.closed:
             widget.cancel()
-            qtbot.waitUntil(lambda w=widget: not w._tasks, timeout=30_000)
+            qtbot.waitUntil(lambda w=widget: not w.runner.busy, timeout=30_000)
             widget.close()

@@ -50,14 +50,23 @@ class GeometricEngine(SamEngine):
 
     ``gate``: when set to a ``threading.Event``, the next ``embed`` call waits for it (and
     ignores cancellation), so that a test can change things while an embedding is late.
+    ``gate_entered`` is set once that call is waiting: a test must wait for it before it
+    starts other embeddings, or one of those may take the gate instead.
     """
 
     gate: threading.Event | None = None
     late_key: str | None = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._gate_lock = threading.Lock()
+        self.gate_entered = threading.Event()
+
     def embed(self, rgb, *, progress=None, cancel=None):
-        gate, self.gate = self.gate, None
+        with self._gate_lock:  # exactly one call takes the gate
+            gate, self.gate = self.gate, None
         if gate is not None:
+            self.gate_entered.set()
             assert gate.wait(30), "test gate never opened"
             emb = super().embed(rgb)  # a late result, not a cancelled one
             self.late_key = emb.key

@@ -396,20 +396,24 @@ def test_deleting_a_prompt_layer_does_not_recreate_it(make_widget, qtbot, geomet
 def test_late_embedding_of_previous_image_is_discarded(make_widget, qtbot, geometric_engine):
     viewer, widget = make_widget(engine=geometric_engine)
     gate = threading.Event()
-    geometric_engine.gate = gate  # the first embedding (image A) will arrive late
+    # A's embedding ignores its cancellation and arrives late, after B was chosen.
+    geometric_engine.gate = gate
     a = viewer.add_image(noise(seed=1), name="A")
-    qtbot.waitUntil(lambda: "embed" in widget._tasks)
+    # A's embedding must be inside ``embed`` before B's starts: waiting only for A's task to
+    # exist let B's worker reach ``embed`` first on a cold start and take the gate.
+    qtbot.waitUntil(geometric_engine.gate_entered.is_set)
     b = viewer.add_image(noise(seed=2), name="B")
     widget.image.value = b
-    wait_idle(qtbot, widget)
     key_b = image_key(Normalization("contrast_limits", tuple(b.contrast_limits)).apply(b.data))
-    assert widget.embedding.key == key_b
+    # One torch job at a time: B's embedding waits for A's (cancelled, still running) job.
+    qtbot.wait(300)
+    assert widget.busy and widget.embedding is None
     before = widget.discarded
 
-    gate.set()  # A's embedding finishes now, after B's
-    qtbot.waitUntil(lambda: geometric_engine.late_key is not None)
-    qtbot.waitUntil(lambda: widget.discarded > before)
-    assert geometric_engine.late_key != key_b
+    gate.set()  # A's embedding finishes now, for an image no longer chosen
+    wait_idle(qtbot, widget)
+    assert geometric_engine.late_key is not None and geometric_engine.late_key != key_b
+    assert widget.discarded > before
     assert widget.embedding.key == key_b, "the late result of A was applied"
     assert widget.image_layer() == b and a in viewer.layers
 
@@ -569,7 +573,7 @@ def test_widget_reopened_twice_without_key_errors(make_napari_viewer_proxy, qtbo
         wait_idle(qtbot, again)
         assert all(_bound(viewer.keymap, a) for a in KEYS)
         # A second widget at the same time takes the keys over, and gives them back.
-        from napari_sam._widget import SamWidget
+        from napari_sam.widget import SamWidget
 
         extra = SamWidget(viewer)
         wait_idle(qtbot, extra)

@@ -1,0 +1,161 @@
+"""The current plane and its image embedding: computed in a worker, thrown away when late.
+
+Whenever the image, its data, the slice, the model or the normalisation changes, the plane
+key changes and the :class:`~napari_sam._session.Generation` counter is bumped; an embedding
+(or anything else) that arrives for an older generation is discarded and counted in
+:attr:`PlaneEmbedder.discarded`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._layers import Plane, image_plane, level0
+from .._session import Generation, key_text
+from .._tasks import Task
+from ..core.errors import Cancelled, NapariSamError
+from ..core.normalize import Normalization
+from .messages import report
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari.layers import Image
+
+    from .sam_widget import SamWidget
+
+
+@dataclass
+class Embedded:
+    """The embedding of the current plane and what it was computed from."""
+
+    key: tuple
+    plane: Plane
+    engine: Any
+    embedding: Any
+    rgb: np.ndarray
+    cached: bool
+
+
+class PlaneEmbedder:
+    """Follows the displayed plane of the chosen image and keeps its embedding coming."""
+
+    def __init__(self, host: SamWidget) -> None:
+        self._host = host
+        self.generation = Generation()
+        self.plane: Plane | None = None
+        self.key: tuple | None = None
+        self.embedded: Embedded | None = None
+        self.data_version = 0
+        self._stopped_key: tuple | None = None  # cancelled or failed: no automatic retry
+        #: Why the last embedding is missing ("cancelled", "failed") or None.
+        self.missing_because: str | None = None
+        #: How many late results were thrown away (the image, slice, model or normalisation
+        #: had changed by the time they arrived).
+        self.discarded = 0
+
+    def current_plane(self, image: Image) -> Plane:
+        """The plane of ``image`` the viewer shows now (raises NapariSamError if none)."""
+        dims = self._host.viewer.dims
+        return image_plane(image, dims.point, dims.displayed, dims.ndim)
+
+    def update(self, *, force: bool = False) -> None:
+        """Work out the current plane and make sure its embedding exists or is coming."""
+        host = self._host
+        image = host.image_layer()
+        if image is None:
+            self.invalidate(None)
+            host.set_status("Open an image (File > Open Sample > napari-sam) to start.")
+            return
+        try:
+            plane = self.current_plane(image)
+        except NapariSamError as e:
+            self.invalidate(None)
+            host.set_status(e.for_gui())
+            return
+        norm = host.normalization_settings(image)
+        key = (image.unique_id, self.data_version, plane, norm, host.model_panel.model_key())
+        if key != self.key:
+            self.invalidate(key, plane)
+        elif self.embedded is not None:
+            host.preview_controller.schedule()
+            return
+        if host.runner.current("embed") is not None or (key == self._stopped_key and not force):
+            return
+        if not host.model_panel.ensure_model(force=force):
+            return
+        self._stopped_key = None
+        self._start(image, plane, norm, key)
+
+    def invalidate(self, key: tuple | None, plane: Plane | None = None) -> None:
+        """Forget the embedding and preview of the previous plane; late results are stale."""
+        self.generation.bump()
+        self.key = key
+        self.plane = plane
+        self.embedded = None
+        self._stopped_key = None
+        self.missing_because = None
+        self._host.runner.cancel("embed")
+        self._host.on_plane_invalidated()
+
+    def _start(self, image: Image, plane: Plane, norm: Normalization, key: tuple) -> None:
+        host = self._host
+        data = level0(image)
+        rgb_layer = bool(image.rgb)
+        engine = host.model_panel.engine
+        generation = self.generation.value
+
+        def job(task: Task) -> tuple[Any, np.ndarray, bool]:
+            task.check("reading the plane")
+            rgb = norm.apply(plane.take(data), rgb=rgb_layer)
+            task.check("normalising")
+            cached = engine.cached_embedding(rgb) is not None
+            task.may_yield = lambda: not engine.in_forward()
+            emb = engine.embed(rgb, progress=task.progress, cancel=task.is_cancelled)
+            return emb, rgb, cached
+
+        def done(task: Task, result: Any, error: BaseException | None) -> None:
+            if not self.generation.is_current(generation) or self.key != key:
+                self.discarded += 1  # stale: the image, slice, model or normalisation changed
+                return
+            if error is not None:
+                self._stopped_key = key
+                cancelled = isinstance(error, Cancelled)
+                self.missing_because = "cancelled" if cancelled else "failed"
+                if cancelled:
+                    host.set_status(
+                        f"Embedding cancelled; press Segment ({key_text('segment')}) "
+                        "to compute it."
+                    )
+                else:
+                    host.set_status(report(error, "the embedding could not be computed"))
+                host.on_embedding_missing()
+                return
+            embedding, rgb, cached = result
+            self.embedded = Embedded(key, plane, engine, embedding, rgb, cached)
+            self.status_ready()
+            host.preview_controller.schedule()
+
+        host.set_status("Computing the image embedding…")
+        host.runner.start("embed", "computing image embedding", job, done, key=key)
+
+    def status_ready(self) -> None:
+        """Say which model embedded the plane, and how fast."""
+        host = self._host
+        engine = host.model_panel.engine
+        if self.embedded is None or engine is None:
+            return
+        model = engine.model
+        emb = self.embedded.embedding
+        took = "cached" if self.embedded.cached else f"{emb.seconds:.1f} s"
+        where = self.embedded.plane.describe(host.axis_labels())
+        host.set_status(
+            f"{model.name} on {model.device} · embedding {took}" + (f" · {where}" if where else "")
+        )
+
+    @property
+    def embedding(self) -> Any:
+        """The embedding of the current plane, if it has arrived."""
+        embedded = self.embedded
+        return None if embedded is None or embedded.key != self.key else embedded.embedding
