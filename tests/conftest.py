@@ -1,11 +1,78 @@
-"""Shared fixtures: a small SAM with random weights and the real 1024 / 64 / 256 geometry."""
+"""Shared fixtures: a small SAM with random weights and the real 1024 / 64 / 256 geometry.
+
+Also decides, once per session, whether the GUI tests can run (see ``display_probe``): on a
+machine without a usable display they are skipped with a loud summary instead of Qt aborting
+the whole run.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
+from display_probe import BackgroundProbe, Decision, decide, summary_lines
 
 from napari_sam.core.architecture import SamArchitecture
+
+GUI_DIR = Path(__file__).parent / "gui"
+#: Fixtures that create a QApplication: a test using one is a GUI test wherever it lives.
+QT_FIXTURES = ("qapp", "qtbot", "make_napari_viewer", "make_napari_viewer_proxy")
+
+_probe = BackgroundProbe()
+_skipped = pytest.StashKey[tuple[int, Decision]]()
+
+
+def is_gui_test(item: pytest.Item) -> bool:
+    """Under tests/gui, marked ``gui``, or using a fixture that makes a QApplication."""
+    return (
+        GUI_DIR in Path(item.path).parents
+        or item.get_closest_marker("gui") is not None
+        or any(name in QT_FIXTURES for name in getattr(item, "fixturenames", ()))
+    )
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> None:
+    # Probe the display while the GUI test modules are imported (torch, napari: seconds).
+    if GUI_DIR in file_path.parents and file_path.suffix == ".py":
+        _probe.start()
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: probe only for tests that run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gui = [item for item in items if is_gui_test(item)]
+    if not gui:
+        return
+    try:
+        decision = decide(os.environ, _probe)
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    if decision.run:
+        return
+    if decision.required:
+        raise pytest.UsageError(
+            f"GUI tests are required (NAPARI_SAM_GUI_TESTS=1) but cannot run: "
+            f"{decision.reason}. {summary_lines(len(gui), decision)[-1]}"
+        )
+    skip = pytest.mark.skip(reason=f"GUI test: {decision.reason}")
+    for item in gui:
+        item.add_marker(skip)
+    config.stash[_skipped] = (len(gui), decision)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    skipped = config.stash.get(_skipped, None)
+    if skipped is None:
+        return
+    terminalreporter.write_sep("!", "GUI tests SKIPPED", red=True, bold=True)
+    for line in summary_lines(*skipped):
+        terminalreporter.write_line(line, red=True, bold=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _probe.stop()
+
 
 #: Tiny encoder and decoder, but official geometry (1024 input, 64x64 embedding, 256 masks).
 SMALL_ARCH = SamArchitecture(

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ._session import point_label
 from .core.errors import ImageError, PromptError
+from .core.label_ids import highest_id, new_ids
 
 #: Shapes that stand for a box prompt (their bounding box); lines and paths are ignored.
 BOX_SHAPES = ("rectangle", "ellipse", "polygon")
@@ -372,9 +373,23 @@ class Written:
 
 
 def write_objects(
-    labels: Any, plane: Plane, masks: Sequence[np.ndarray], *, overwrite: bool
+    labels: Any,
+    plane: Plane,
+    masks: Sequence[np.ndarray],
+    *,
+    overwrite: bool,
+    highest: int | None = None,
 ) -> list[Written]:
-    """Write masks into ``labels`` as new objects, as one undo step.
+    """Write masks into ``labels`` as new objects, as one undo step, or refuse.
+
+    New ids never wrap around. When the layer's integer type cannot hold them (a uint8
+    layer that already uses id 255), :class:`~napari_sam.core.errors.LabelIdError` is raised
+    and nothing is written. The layer is deliberately not upcast for the user: its array may
+    be backed by a file (memmap, zarr, dask) that a wider copy would silently detach from,
+    a wider copy of a big volume costs memory the user did not agree to, the type is what
+    their other tools expect when the layer is saved, and napari itself never paints ids
+    outside a layer's type. The message names napari's own fix (Convert data type), one
+    right-click away, so the user decides.
 
     Parameters
     ----------
@@ -386,12 +401,23 @@ def write_objects(
         stays visible).
     overwrite : bool
         False: pixels that already carry a label keep it. True: the new objects replace them.
+    highest : int, optional
+        The largest id in the layer, when the caller keeps track of it (a cached value that
+        it drops on every change of the layer's data, e.g. on its ``data`` and ``paint``
+        events); it saves scanning the whole volume on every commit. None: scan. A value
+        below an id found on ``plane`` is known to be stale and the layer is scanned instead.
 
     Returns
     -------
     list of Written
         The objects that kept at least one pixel, with their new label ids (consecutive,
-        from the largest id in the layer + 1). Objects left without pixels get no id.
+        from the largest id in the layer + 1). Objects left without pixels get no id. The
+        caller's new ``highest`` is the last one's label.
+
+    Raises
+    ------
+    LabelIdError
+        When the new ids do not fit the layer's type (nothing is written).
     """
     data = labels.data
     existing = plane.take(data)
@@ -405,21 +431,36 @@ def write_objects(
     rows, cols = np.nonzero(target)
     provisional = drawn[rows, cols]
     visible = np.bincount(provisional, minlength=len(masks) + 1)
-    next_id = int(np.max(data)) + 1 if np.size(data) else 1
-    lut = np.zeros(len(masks) + 1, np.int64)
-    written = []
-    for i in range(len(masks)):
-        if visible[i + 1] > 0:
-            lut[i + 1] = next_id
-            written.append(Written(obj=i, label=next_id, pixels=int(visible[i + 1])))
-            next_id += 1
-    if not written:
+    shown = np.flatnonzero(visible[1:])
+    if not len(shown):
         return []
-    values = lut[provisional].astype(data.dtype, copy=False)
+    if highest is None or highest < highest_id(existing):
+        highest = highest_id(data)
+    ids = new_ids(
+        data.dtype,
+        highest,
+        len(shown),
+        target=f"the labels layer {labels.name!r}",
+        hint=_wider_type_hint(highest + len(shown)),
+    )
+    lut = np.zeros(len(masks) + 1, data.dtype)
+    written = []
+    for i, label in zip(shown, ids, strict=True):
+        lut[i + 1] = label
+        written.append(Written(obj=int(i), label=label, pixels=int(visible[i + 1])))
     # One block = one entry in the layer's undo history: Ctrl+Z removes the whole commit.
     with labels.block_history():
-        labels.data_setitem(plane.indices(rows, cols), values)
+        labels.data_setitem(plane.indices(rows, cols), lut[provisional])
     return written
+
+
+def _wider_type_hint(largest: int) -> str:
+    """What a GUI user can do when ids up to ``largest`` do not fit the target layer."""
+    wider = "int32" if largest <= np.iinfo(np.int32).max else "int64"
+    return (
+        f"convert the layer to a wider type (right-click it in the layer list > Convert data "
+        f"type > {wider}) or choose another target layer"
+    )
 
 
 def add_features(labels: Any, rows: list[dict[str, Any]]) -> None:

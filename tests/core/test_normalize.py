@@ -222,9 +222,118 @@ def test_float64_has_no_full_size_float64_intermediate():
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # output 0.75 MB + float32 plane 1 MB + percentile scratch 1 MB + mask 0.25 MB = 3 MB;
-    # one more full-size float64 array alone would add 2 MB.
+    # output 0.75 MB + the percentiles' copy 2 MB + float64 blocks of 0.5 MB; one more
+    # full-size float64 array would add 2 MB.
     assert peak < 1.75 * image.nbytes
+
+
+def test_uint16_needs_no_float_copy_of_the_image():
+    image = np.random.default_rng(4).gamma(2.0, 600.0, (1000, 1000)).astype(np.uint16)
+    out_bytes = 3 * image.size
+    prepare_image(image[:5, :5])
+    tracemalloc.start()
+    try:
+        out = prepare_image(image)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # output 3 MB + the percentiles' uint16 copy 2 MB + blocks; a float32 copy of the image
+    # alone would add 4 MB (there used to be two: 12 MB in all).
+    assert peak < out_bytes + 1.5 * image.nbytes
+    lo, hi = np.percentile(image, (1.0, 99.8))  # across the float64 blocks, still exact
+    np.testing.assert_array_equal(grey(out), expected_linear(image, lo, hi))
+
+
+# --- precision: wide integers, narrow ranges, zero-width ranges -----------------------------
+
+
+def test_uint32_near_4e9_with_narrow_contrast_limits_keeps_every_level():
+    offsets = np.arange(0, 1021, 4)  # 256 values 4 apart; float32 steps there are 256 apart
+    image = (4_000_000_000 + offsets).astype(np.uint32).reshape(16, 16)
+    out = grey(prepared(image, contrast_limits=(4e9, 4e9 + 1020)))
+    np.testing.assert_array_equal(out.ravel(), expected_linear(offsets, 0, 1020))
+    assert len(np.unique(out)) == 256
+
+
+@pytest.mark.parametrize(
+    ("dtype", "base", "width"),
+    [
+        (np.int64, -(2**62), 1024),  # float64 steps are 1024 apart there
+        (np.int64, 2**62, 1024),
+        (np.uint64, 2**64 - 8192, 6144),  # and 2048 apart here
+    ],
+)
+def test_64_bit_integers_near_their_limits_are_exact(dtype, base, width):
+    offsets = np.arange(0, width + 1, width // 256)
+    image = np.array([base + int(o) for o in offsets], dtype=dtype).reshape(1, -1)
+    expected = expected_linear(offsets, 0, width)
+    out = grey(prepared(image, contrast_limits=(float(base), float(base + width))))
+    np.testing.assert_array_equal(out[0], expected)
+    out = grey(prepared(image, percentiles=(0, 100)))  # limits: the exact minimum and maximum
+    np.testing.assert_array_equal(out[0], expected)
+    below = np.array([[base - 1, base + width + 1]], dtype=dtype)
+    np.testing.assert_array_equal(
+        grey(prepared(below, contrast_limits=(base, base + width))), [[0, 255]]
+    )
+
+
+def test_float64_narrow_range_around_one():
+    offsets = np.arange(256) * 1e-12
+    image = (1.0 + offsets).reshape(16, 16)  # float32 holds all of them as 1.0
+    out = grey(prepared(image, contrast_limits=(1.0, 1.0 + 255e-12)))
+    np.testing.assert_array_equal(out, expected_linear(image, 1.0, 1.0 + 255e-12))
+    assert len(np.unique(out)) == 256
+    out = grey(prepared(image, percentiles=(0, 100)))
+    np.testing.assert_array_equal(out, expected_linear(image, image.min(), image.max()))
+
+
+def test_tiny_and_zero_width_ranges_give_no_inf_or_nan():
+    tiny = 2.0**-140  # 255 / tiny is inf in float32
+    values = np.array([[0.0, tiny / 2, tiny, 1.0, np.nan, np.inf, -np.inf]])
+    expected = [[0, 128, 255, 255, 0, 255, 0]]  # tiny / 2 is 127.5 exactly
+    np.testing.assert_array_equal(grey(prepared(values, contrast_limits=(0, tiny))), expected)
+    subnormal = 2.0**-1069  # 255 / subnormal is inf even in float64
+    scaled = values * (subnormal / tiny)
+    np.testing.assert_array_equal(grey(prepared(scaled, contrast_limits=(0, subnormal))), expected)
+    # zero width: a step, values above the limit are 255, the limit itself and NaN 0
+    step = [[0, 255, 255, 255, 0, 255, 0]]
+    np.testing.assert_array_equal(grey(prepared(values, contrast_limits=(0, 0))), step)
+    big = np.array([[2**64 - 3, 2**64 - 2, 2**64 - 1]], dtype=np.uint64)
+    np.testing.assert_array_equal(
+        grey(prepared(big, contrast_limits=(2.0**64 - 2048, 2.0**64 - 2048))), [[255, 255, 255]]
+    )
+
+
+def float32_reference(image, lo=None, hi=None, percentiles=(1.0, 99.8)):
+    """The mapping as it was computed before float64 (float32 throughout), for one channel."""
+    values = np.asarray(image).astype(np.float32)
+    if lo is None:
+        lo, hi = (float(p) for p in np.percentile(values, percentiles))
+    values -= np.float32(lo)
+    values *= np.float32(255.0 / (hi - lo))
+    return np.rint(np.clip(values, 0, 255)).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"percentiles": (0.5, 99.5)}, {"contrast_limits": (100, 3000)}, {"method": "none"}],
+)
+def test_ordinary_uint8_and_uint16_images_are_mapped_as_before(kwargs):
+    rng = np.random.default_rng(5)
+    for image in (
+        rng.gamma(2.0, 600.0, (300, 400)).astype(np.uint16),
+        rng.integers(0, 256, (300, 400), dtype=np.uint8),
+    ):
+        out = grey(prepared(image, **kwargs))
+        if kwargs.get("method") == "none" or (
+            image.dtype == np.uint8 and "contrast_limits" not in kwargs
+        ):
+            reference = np.clip(image, 0, 255).astype(np.uint8)  # values as they are
+        elif "contrast_limits" in kwargs:
+            reference = float32_reference(image, *kwargs["contrast_limits"])
+        else:
+            reference = float32_reference(image, **kwargs)
+        np.testing.assert_array_equal(out, reference)
 
 
 # --- channels ------------------------------------------------------------------------------

@@ -58,3 +58,7 @@ class DeviceError(NapariSamError):
 
 class Cancelled(NapariSamError):
     """Long work was cancelled by the user."""
+
+
+class LabelIdError(NapariSamError):
+    """New label ids do not fit the integer type of the labels they go into."""

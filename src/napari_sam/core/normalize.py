@@ -17,12 +17,14 @@ Intensities are mapped to 0..255 by one of four methods:
     ``bool`` images (SAM was trained on raw 8-bit photographs, stretching would change their
     colours) and ``"percentile"`` for every other dtype.
 
-The arithmetic is done in float32, one channel at a time, so that memory stays near the size
-of the output even for large float64 images.
+The arithmetic is done in float64 (exact offsets even for 64-bit integers), one channel and a
+block of rows at a time, so that memory stays near the size of the output plus the one copy
+percentiles need, whatever the dtype.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -344,6 +346,11 @@ def _check_percentiles(percentiles: Any) -> None:
         )
 
 
+#: Elements of a channel converted to float64 at a time: the scratch memory stays near 1 MiB
+#: whatever the image size (2**16 float64 values are 512 KiB).
+_BLOCK_ELEMENTS = 1 << 16
+
+
 def _plane_to_uint8(
     plane: np.ndarray,
     method: str,
@@ -355,49 +362,105 @@ def _plane_to_uint8(
     if method == "none" and plane.dtype == np.uint8:
         out[...] = plane
         return
-    values = plane.astype(np.float32)  # the only full-size float buffer; modified in place
+    if plane.dtype == np.bool_:
+        plane = plane.view(np.uint8)
+        if method == "none":
+            limits = (0.0, 1.0)
     if method == "percentile":
-        lo, hi = _percentile_limits(values, percentiles, may_be_nonfinite=plane.dtype.kind == "f")
-    elif method == "none":
-        lo, hi = (0.0, 1.0) if plane.dtype == np.bool_ else (0.0, 255.0)
+        frame = _percentile_frame(plane, percentiles)
     else:
-        assert limits is not None
-        lo, hi = limits
-    _scale_into(values, lo, hi, out)
+        lo, hi = limits if limits is not None else (0.0, 255.0)
+        frame = _Frame.between(plane.dtype, lo, hi)
+    rows = max(1, _BLOCK_ELEMENTS // max(plane.shape[1], 1))
+    for r in range(0, plane.shape[0], rows):
+        frame.scale_into(plane[r : r + rows], out[r : r + rows])
 
 
-def _percentile_limits(
-    values: np.ndarray, percentiles: tuple[float, float], *, may_be_nonfinite: bool
-) -> tuple[float, float]:
-    """Return the percentiles of the finite ``values`` (their min/max if they coincide)."""
-    finite = values
-    overwrite = False
-    if may_be_nonfinite:
-        mask = np.isfinite(values)
-        if not mask.all():
-            finite = values[mask]
-            overwrite = True  # ``finite`` is our own copy: it may be partitioned in place
-        del mask
-    if finite.size == 0:
-        return 0.0, 0.0
-    lo, hi = (float(p) for p in np.percentile(finite, percentiles, overwrite_input=overwrite))
-    if hi <= lo:
-        lo, hi = float(finite.min()), float(finite.max())
-    return lo, hi
+def _is_wide_int(dtype: np.dtype) -> bool:
+    """Whether float64 cannot hold every value of the integer ``dtype`` (64-bit integers)."""
+    return dtype.kind in "iu" and dtype.itemsize > 4
 
 
-def _scale_into(values: np.ndarray, lo: float, hi: float, out: np.ndarray) -> None:
-    """Map float32 ``values`` (overwritten) so that lo -> 0 and hi -> 255, into uint8 ``out``."""
-    if hi > lo:
-        values -= np.float32(lo)
-        values *= np.float32(255.0 / (hi - lo))
-        np.clip(values, 0.0, 255.0, out=values)
-        np.nan_to_num(values, copy=False, nan=0.0)
+@dataclass(frozen=True)
+class _Frame:
+    """Intensities measured from ``base``: ``lo`` -> 0 and ``hi`` -> 255 are offsets from it.
+
+    Offsets are computed exactly in float64 for every dtype: integers of up to 32 bits and
+    floats convert to float64 exactly (``base`` is 0); 64-bit integers are first subtracted
+    from an integer ``base`` near the range in the integer domain, so that uint64 values near
+    1.8e19 a few units apart stay apart.
+    """
+
+    base: int
+    lo: float
+    hi: float
+
+    @classmethod
+    def between(cls, dtype: np.dtype, lo: float, hi: float) -> _Frame:
+        """The frame mapping ``lo`` -> 0 and ``hi`` -> 255 for values of ``dtype``."""
+        if not _is_wide_int(dtype):
+            return cls(0, lo, hi)
+        info = np.iinfo(dtype)
+        base = min(max(math.floor(lo), int(info.min)), int(info.max))
+        return cls(base, lo - base, hi - base)
+
+    def offsets(self, block: np.ndarray) -> np.ndarray:
+        """``block - base`` as a new float64 array (values below ``base`` give 0 for ints)."""
+        if not _is_wide_int(block.dtype):
+            return block.astype(np.float64)
+        # Clip to base, then subtract modulo 2**64: the true difference (0 .. 2**64 - 1).
+        clipped = np.maximum(block, block.dtype.type(self.base))
+        diff = clipped.astype(np.uint64, copy=False)
+        diff -= np.uint64(self.base % 2**64)
+        return diff.astype(np.float64)
+
+    def scale_into(self, block: np.ndarray, out: np.ndarray) -> None:
+        """Write ``block`` mapped to 0..255 (NaN -> 0, rounded) into the uint8 ``out``."""
+        with np.errstate(over="ignore"):  # +-1e308 - lo is +-inf, and is clipped below
+            values = self.offsets(block)
+            width = self.hi - self.lo
+            if not width > 0:  # degenerate limits: a step at ``lo`` (NaN compares False: 0)
+                np.greater(values, self.lo, out=out, casting="unsafe")
+                out *= 255
+                return
+            values -= self.lo
+            # fmax/fmin rather than clip + nan_to_num (which allocates masks): NaN -> 0.
+            np.fmax(values, 0.0, out=values)
+            np.fmin(values, width, out=values)
+            # Multiply, then divide: exact halves stay exact (100 of 0..200 is 127.5 -> 128),
+            # and a subnormal width needs no special case (255 / width would be inf).
+            values *= 255.0
+            values /= width
         np.rint(values, out=values)
         out[...] = values
-    else:  # degenerate limits: a step at ``lo`` (NaN compares False, so gives 0)
-        np.greater(values, np.float32(lo), out=out, casting="unsafe")
-        out *= 255
+
+
+def _percentile_frame(plane: np.ndarray, percentiles: tuple[float, float]) -> _Frame:
+    """The frame mapping the percentiles of the finite values of ``plane`` to 0 and 255.
+
+    If the percentiles coincide (a mostly constant channel) the finite minimum and maximum
+    are used instead. The only full-size copy is the one the percentiles need (in the
+    plane's own dtype; float32 for float16; offsets from the minimum for 64-bit integers).
+    """
+    base = 0
+    values, own = plane, False
+    if plane.dtype.kind == "f":
+        if plane.dtype.itemsize < 4:
+            values, own = plane.astype(np.float32), True
+        mask = np.isfinite(values)
+        if not mask.all():
+            values, own = values[mask], True
+        del mask
+    elif _is_wide_int(plane.dtype):
+        base = int(plane.min())
+        values, own = plane.astype(np.uint64), True  # offsets from the minimum, exact
+        values -= np.uint64(base % 2**64)
+    if values.size == 0:
+        return _Frame(0, 0.0, 0.0)
+    lo, hi = (float(p) for p in np.percentile(values, percentiles, overwrite_input=own))
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+    return _Frame(base, lo, hi)
 
 
 @dataclass(frozen=True)
