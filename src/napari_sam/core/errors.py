@@ -58,3 +58,7 @@ class DeviceError(NapariSamError):
 
 class Cancelled(NapariSamError):
     """Long work was cancelled by the user."""
+
+
+class SessionError(NapariSamError):
+    """A session file is corrupt, of an unknown or newer format, or does not fit the image."""
