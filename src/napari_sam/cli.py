@@ -385,7 +385,7 @@ def _add_replay_parser(sub, precisions: Sequence[str]) -> None:
 def _replay(args: argparse.Namespace) -> int:
     from .core.errors import SessionError
     from .core.io import read_image, write_labels
-    from .core.replay import replay_session
+    from .core.replay import ReplayInputError, replay_session
     from .core.session_record import SessionRecord
 
     record = SessionRecord.load(args.session)
@@ -397,15 +397,19 @@ def _replay(args: argparse.Namespace) -> int:
     # The same checks as for 'segment': readable image type, writable output, before work.
     _check_paths(argparse.Namespace(command="replay", image=image_path, output=args.output))
     image = read_image(image_path)
-    result = replay_session(
-        record,
-        image,
-        target=args.target,
-        allow_other_image=args.allow_other_image,
-        device=args.device,
-        precision=args.precision,
-        checkpoint=None if args.checkpoint is None else str(args.checkpoint),
-    )
+    try:
+        result = replay_session(
+            record,
+            image,
+            target=args.target,
+            allow_other_image=args.allow_other_image,
+            device=args.device,
+            precision=args.precision,
+            checkpoint=None if args.checkpoint is None else str(args.checkpoint),
+        )
+    except ReplayInputError as e:
+        option = {"other_image": "--allow-other-image", "target": "--target NAME"}
+        raise SessionError(f"{e} (with {option.get(e.needs, '--' + e.needs + ' PATH')})") from None
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     for line in [

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "AutoReplay",
     "ObjectReplay",
+    "ReplayInputError",
     "ReplayResult",
     "check_image",
     "load_recorded_engine",
@@ -43,6 +44,19 @@ __all__ = [
 
 #: Returns the engine to replay entries recorded with a model (see :func:`replay_session`).
 EngineFor = Callable[[ModelRecord], "SamEngine"]
+
+
+class ReplayInputError(SessionError):
+    """Replay needs another input from the user; ``needs`` says which.
+
+    ``"other_image"``: permission to use an image that differs from the recorded one;
+    ``"checkpoint"``: the checkpoint file of a custom model; ``"target"``: which labels
+    layer to recreate. The CLI names its option, the widget its control.
+    """
+
+    def __init__(self, message: str, needs: str) -> None:
+        super().__init__(message)
+        self.needs = needs
 
 
 @dataclass(frozen=True)
@@ -176,9 +190,10 @@ def check_image(record: SessionRecord, image: Any, *, allow_other: bool = False)
     if got.sha256 == want.sha256:
         return []
     if not allow_other:
-        raise SessionError(
+        raise ReplayInputError(
             f"the image ({got.describe()}) is not the session's image ({want.describe()}): "
-            "give the original image, or allow another image to replay anyway"
+            "give the original image, or allow another image to replay anyway",
+            "other_image",
         )
     return [f"replayed on another image ({got.describe()}) than recorded ({want.describe()})"]
 
@@ -236,9 +251,10 @@ def load_recorded_engine(
     else:
         path = checkpoint or rec.checkpoint
         if checkpoint is None and (path is None or not _is_file(path)):
-            raise SessionError(
+            raise ReplayInputError(
                 f"the session used the checkpoint {path} (sha256 {rec.checkpoint_sha256}), "
-                "which is not there: give the checkpoint file"
+                "which is not there: give the checkpoint file",
+                "checkpoint",
             )
         model = load_model(
             "auto", checkpoint=path, device=device, fast=rec.fast, precision=precision
@@ -261,9 +277,10 @@ def _choose_target(record: SessionRecord, target: str | None) -> str:
         raise SessionError("the session has no commits and no automatic runs: nothing to replay")
     if target is None:
         if len(targets) > 1:
-            raise SessionError(
+            raise ReplayInputError(
                 f"the session wrote to {len(targets)} labels layers "
-                f"({', '.join(map(repr, targets))}): choose one to replay"
+                f"({', '.join(map(repr, targets))}): choose one to replay",
+                "target",
             )
         return targets[0]
     if target not in targets:
