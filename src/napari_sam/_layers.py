@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ._session import point_label
+from .core.commits import commit_pixels
 from .core.errors import ImageError, PromptError
 
 #: Shapes that stand for a box prompt (their bounding box); lines and paths are ignored.
@@ -394,28 +395,20 @@ def write_objects(
         from the largest id in the layer + 1). Objects left without pixels get no id.
     """
     data = labels.data
-    existing = plane.take(data)
-    areas = [int(m.sum()) for m in masks]
-    drawn = np.zeros(plane.shape, np.int32)
-    for i in np.argsort(areas, kind="stable")[::-1]:
-        drawn[masks[i]] = i + 1
-    target = drawn > 0
-    if not overwrite:
-        target &= existing == 0
-    rows, cols = np.nonzero(target)
-    provisional = drawn[rows, cols]
-    visible = np.bincount(provisional, minlength=len(masks) + 1)
+    # The same pixels as a replayed commit (core.commits), so sessions replay exactly.
+    rows, cols, objects = commit_pixels(plane.take(data), masks, overwrite=overwrite)
+    visible = np.bincount(objects, minlength=len(masks))
     next_id = int(np.max(data)) + 1 if np.size(data) else 1
-    lut = np.zeros(len(masks) + 1, np.int64)
+    lut = np.zeros(len(masks), np.int64)
     written = []
     for i in range(len(masks)):
-        if visible[i + 1] > 0:
-            lut[i + 1] = next_id
-            written.append(Written(obj=i, label=next_id, pixels=int(visible[i + 1])))
+        if visible[i] > 0:
+            lut[i] = next_id
+            written.append(Written(obj=i, label=next_id, pixels=int(visible[i])))
             next_id += 1
     if not written:
         return []
-    values = lut[provisional].astype(data.dtype, copy=False)
+    values = lut[objects].astype(data.dtype, copy=False)
     # One block = one entry in the layer's undo history: Ctrl+Z removes the whole commit.
     with labels.block_history():
         labels.data_setitem(plane.indices(rows, cols), values)
