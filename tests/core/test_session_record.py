@@ -380,3 +380,15 @@ def test_write_commit_uses_the_given_ids_and_skips_none():
     pixels = write_commit(plane, masks, [7, None], overwrite=False)
     assert pixels.tolist() == [4, 0]
     assert set(np.unique(plane)) == {0, 7}
+
+
+def test_entry_texts_are_reused_and_follow_changes_to_the_list():
+    from napari_sam.core.session_json import dumps, record_to_dict
+
+    record = make_record()
+    first = record.to_json()
+    assert record.to_json() == first == dumps(record_to_dict(record))  # cached = uncached
+    record.entries[0], record.entries[1] = record.entries[1], record.entries[0]
+    swapped = record.to_json()
+    assert swapped != first and swapped == dumps(record_to_dict(record))
+    assert [e["overwrite"] for e in json.loads(swapped)["entries"][:2]] == [True, False]

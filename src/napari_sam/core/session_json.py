@@ -32,7 +32,7 @@ from .session_record import (
     SessionRecord,
 )
 
-__all__ = ["dumps", "record_from_dict", "record_to_dict"]
+__all__ = ["Raw", "dumps", "entry_json", "record_from_dict", "record_to_dict"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -109,8 +109,24 @@ def _entry(e: Entry) -> dict[str, Any]:
     return out
 
 
-def record_to_dict(record: SessionRecord) -> dict[str, Any]:
-    """Plain JSON-ready data of a record (``format`` and ``version`` first)."""
+class Raw(str):
+    """JSON text already rendered by :func:`dumps` (at the depth where it is placed)."""
+
+
+def entry_json(entry: Entry) -> Raw:
+    """An entry's JSON text, indented for its place in a session file's ``entries`` list."""
+    return Raw(dumps(_entry(entry), _depth=2))
+
+
+def record_to_dict(
+    record: SessionRecord, render: Callable[[Entry], Any] = _entry
+) -> dict[str, Any]:
+    """Plain JSON-ready data of a record (``format`` and ``version`` first).
+
+    ``render`` turns each entry into data, or into :class:`Raw` text (see :func:`entry_json`):
+    entries never change once recorded, so a session can keep their text and rewrite its
+    file after every commit at the cost of one entry.
+    """
     img = record.image
     return {
         "format": FORMAT,
@@ -125,19 +141,21 @@ def record_to_dict(record: SessionRecord) -> dict[str, Any]:
             "rgb": img.rgb,
             "source": img.source,
         },
-        "entries": [_entry(e) for e in record.entries],
+        "entries": [render(e) for e in record.entries],
     }
 
 
 def dumps(data: Any, indent: int = 1, _depth: int = 0) -> str:
     """JSON text with objects indented and arrays of numbers on one line (easy to read)."""
+    if isinstance(data, Raw):
+        return str(data)
     if isinstance(data, dict) and data:
         pad, inner = " " * indent * _depth, " " * indent * (_depth + 1)
         items = (
             f"{inner}{json.dumps(k)}: {dumps(v, indent, _depth + 1)}" for k, v in data.items()
         )
         return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(data, list) and any(isinstance(v, dict) for v in data):
+    if isinstance(data, list) and any(isinstance(v, dict | Raw) for v in data):
         pad, inner = " " * indent * _depth, " " * indent * (_depth + 1)
         items = (inner + dumps(v, indent, _depth + 1) for v in data)
         return "[\n" + ",\n".join(items) + "\n" + pad + "]"

@@ -538,6 +538,9 @@ class SessionRecord:
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: str = field(default_factory=_now)
     software: str = field(default_factory=lambda: _software())
+    _texts: dict[int, tuple[Entry, str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def append(self, entry: Entry) -> None:
         """Add a commit or an automatic run (call it right after the labels were written)."""
@@ -557,9 +560,16 @@ class SessionRecord:
 
     def to_json(self) -> str:
         """The record as JSON text (see ``docs/sessions.md``)."""
-        from .session_json import dumps, record_to_dict
+        from .session_json import dumps, entry_json, record_to_dict
 
-        return dumps(record_to_dict(self))
+        def render(entry: Entry) -> str:
+            # Entries are frozen: their text is made once (holding the entry keeps its id).
+            cached = self._texts.get(id(entry))
+            if cached is None or cached[0] is not entry:
+                cached = self._texts[id(entry)] = (entry, entry_json(entry))
+            return cached[1]
+
+        return dumps(record_to_dict(self, render))
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = "session") -> SessionRecord:
