@@ -11,6 +11,7 @@ import pytest
 from napari_sam.core import session_record as sr
 from napari_sam.core.commits import commit_pixels, draw_objects, write_commit
 from napari_sam.core.errors import NapariSamError, SessionError
+from napari_sam.core.mask_rle import decode_mask, encode_mask
 from napari_sam.core.normalize import Normalization
 from napari_sam.core.prompts import make_prompts
 from napari_sam.core.session_record import (
@@ -20,8 +21,6 @@ from napari_sam.core.session_record import (
     ModelRecord,
     PlaneRecord,
     SessionRecord,
-    decode_mask,
-    encode_mask,
     image_sha256,
 )
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from .commits import write_commit
 from .errors import DeviceError, NapariSamError, SessionError
+from .mask_rle import decode_mask
 from .prompts import make_prompts
 from .session_record import (
     AutoRunRecord,
@@ -25,7 +26,6 @@ from .session_record import (
     ImageIdentity,
     ModelRecord,
     SessionRecord,
-    decode_mask,
     image_sha256,
 )
 

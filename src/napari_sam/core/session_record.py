@@ -13,13 +13,10 @@ attributes.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import os
 import uuid
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import NapariSamError, SessionError
+from .mask_rle import encode_mask
 from .normalize import Normalization
 from .prompts import Prompts
 
@@ -45,8 +43,6 @@ __all__ = [
     "ObjectRecord",
     "PlaneRecord",
     "SessionRecord",
-    "decode_mask",
-    "encode_mask",
     "image_sha256",
 ]
 
@@ -292,36 +288,6 @@ class PlaneRecord:
         return ", ".join(f"axis {a}={i}" for a, i in enumerate(self.index) if i is not None)
 
 
-def encode_mask(mask: np.ndarray) -> str:
-    """Run-length encode a boolean mask, compactly and losslessly.
-
-    The runs of the C-ordered mask alternate between False and True, starting with False
-    (a mask starting with True begins with a run of length 0). Their lengths are stored as
-    little-endian uint32, zlib-compressed, base64-encoded (ASCII).
-    """
-    flat = np.ascontiguousarray(mask, bool).reshape(-1)
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    edges = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(edges)
-    if flat.size and flat[0]:
-        runs = np.concatenate([[0], runs])
-    data = zlib.compress(runs.astype("<u4").tobytes(), 9)
-    return base64.b64encode(data).decode("ascii")
-
-
-def decode_mask(text: str, shape: tuple[int, int]) -> np.ndarray:
-    """Inverse of :func:`encode_mask`; raise SessionError when ``text`` does not fit ``shape``."""
-    try:
-        runs = np.frombuffer(zlib.decompress(base64.b64decode(text, validate=True)), "<u4")
-    except (binascii.Error, zlib.error, ValueError, TypeError):
-        raise SessionError("a stored mask is damaged (not valid run-length data)") from None
-    size = int(np.prod(shape))
-    if int(runs.sum(dtype=np.int64)) != size:
-        raise SessionError(f"a stored mask does not fit the {shape[0]}x{shape[1]} plane")
-    values = np.arange(len(runs)) % 2 == 1
-    return np.repeat(values, runs.astype(np.intp)).reshape(shape)
-
-
 # ------------------------------------------------------------------------------------------
 # Entries
 # ------------------------------------------------------------------------------------------
@@ -344,7 +310,8 @@ class ObjectRecord:
     pixels : int
         Pixels written with ``label``.
     mask : str
-        The candidate mask on the plane (before overlaps were resolved), :func:`encode_mask`.
+        The candidate mask on the plane (before overlaps were resolved), as
+        :func:`~napari_sam.core.mask_rle.encode_mask` text.
     area : int
         Pixels in ``mask``.
     """
