@@ -389,7 +389,8 @@ def _replay(args: argparse.Namespace) -> int:
     from .core.session_record import SessionRecord
 
     record = SessionRecord.load(args.session)
-    image_path = args.image or (record.image.source and Path(record.image.source))
+    source = record.image.source
+    image_path = args.image or (Path(source) if source else None)
     if image_path is None:
         raise SessionError(
             f"{args.session} does not say which file its image came from: give --image PATH"
@@ -408,8 +409,12 @@ def _replay(args: argparse.Namespace) -> int:
             checkpoint=None if args.checkpoint is None else str(args.checkpoint),
         )
     except ReplayInputError as e:
-        option = {"other_image": "--allow-other-image", "target": "--target NAME"}
-        raise SessionError(f"{e} (with {option.get(e.needs, '--' + e.needs + ' PATH')})") from None
+        option = {
+            "other_image": "--allow-other-image",
+            "target": "--target NAME",
+            "checkpoint": "--checkpoint PATH",
+        }[e.needs]
+        raise SessionError(f"{e} (with {option})") from None
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     for line in [
