@@ -385,7 +385,7 @@ def _add_replay_parser(sub, precisions: Sequence[str]) -> None:
 def _replay(args: argparse.Namespace) -> int:
     from .core.errors import SessionError
     from .core.io import read_image, write_labels
-    from .core.replay import ReplayInputError, replay_session
+    from .core.replay import replay_session
     from .core.session_record import SessionRecord
 
     record = SessionRecord.load(args.session)
@@ -393,28 +393,21 @@ def _replay(args: argparse.Namespace) -> int:
     image_path = args.image or (Path(source) if source else None)
     if image_path is None:
         raise SessionError(
-            f"{args.session} does not say which file its image came from: give --image PATH"
+            f"{args.session} does not say which file its image came from",
+            cli_hint="pass --image PATH",
         )
     # The same checks as for 'segment': readable image type, writable output, before work.
     _check_paths(argparse.Namespace(command="replay", image=image_path, output=args.output))
     image = read_image(image_path)
-    try:
-        result = replay_session(
-            record,
-            image,
-            target=args.target,
-            allow_other_image=args.allow_other_image,
-            device=args.device,
-            precision=args.precision,
-            checkpoint=None if args.checkpoint is None else str(args.checkpoint),
-        )
-    except ReplayInputError as e:
-        option = {
-            "other_image": "--allow-other-image",
-            "target": "--target NAME",
-            "checkpoint": "--checkpoint PATH",
-        }[e.needs]
-        raise SessionError(f"{e} (with {option})") from None
+    result = replay_session(
+        record,
+        image,
+        target=args.target,
+        allow_other_image=args.allow_other_image,
+        device=args.device,
+        precision=args.precision,
+        checkpoint=None if args.checkpoint is None else str(args.checkpoint),
+    )
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     for line in [

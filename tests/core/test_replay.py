@@ -12,7 +12,7 @@ from napari_sam.core.commits import commit_pixels, write_commit
 from napari_sam.core.errors import SessionError
 from napari_sam.core.normalize import Normalization
 from napari_sam.core.prompts import make_prompts
-from napari_sam.core.replay import replay_session
+from napari_sam.core.replay import ReplayInputError, replay_session
 from napari_sam.core.session_record import (
     AutoRunRecord,
     CommitRecord,
@@ -239,8 +239,15 @@ def test_a_missing_custom_checkpoint_is_a_clear_error(session, stack):
     for entry in data["entries"]:
         entry["model"].update(name="custom", checkpoint="/nowhere/my_sam.pth")
     record = SessionRecord.from_json(json.dumps(data))
-    with pytest.raises(SessionError, match=r"checkpoint /nowhere/my_sam\.pth .* is not there"):
+    with pytest.raises(
+        ReplayInputError, match=r"checkpoint /nowhere/my_sam\.pth .* is not there"
+    ) as e:
         replay_session(record, stack)
+    assert e.value.needs == "checkpoint"
+    assert str(e.value).endswith("is not there; pass --checkpoint PATH")
+    assert e.value.for_gui().endswith(
+        "is not there; choose 'custom checkpoint file…' and select the file"
+    )
 
 
 def test_random_weights_are_rebuilt_from_architecture_and_seed(small_model, stack):

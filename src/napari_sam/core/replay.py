@@ -49,13 +49,13 @@ EngineFor = Callable[[ModelRecord], "SamEngine"]
 class ReplayInputError(SessionError):
     """Replay needs another input from the user; ``needs`` says which.
 
-    ``"other_image"``: permission to use an image that differs from the recorded one;
+    ``"other_image"``: the original image, or permission to use one that differs;
     ``"checkpoint"``: the checkpoint file of a custom model; ``"target"``: which labels
-    layer to recreate. The CLI names its option, the widget its control.
+    layer to recreate. The CLI prints :attr:`cli_hint`, the widget :meth:`for_gui`.
     """
 
-    def __init__(self, message: str, needs: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, needs: str, *, cli_hint: str, gui_hint: str) -> None:
+        super().__init__(message, cli_hint=cli_hint, gui_hint=gui_hint)
         self.needs = needs
 
 
@@ -191,9 +191,11 @@ def check_image(record: SessionRecord, image: Any, *, allow_other: bool = False)
         return []
     if not allow_other:
         raise ReplayInputError(
-            f"the image ({got.describe()}) is not the session's image ({want.describe()}): "
-            "give the original image, or allow another image to replay anyway",
+            f"the image ({got.describe()}) is not the session's image ({want.describe()})",
             "other_image",
+            cli_hint="give the original with --image PATH, or pass --allow-other-image to "
+            "replay on this one anyway",
+            gui_hint="open the original image, or choose to replay on this one anyway",
         )
     return [f"replayed on another image ({got.describe()}) than recorded ({want.describe()})"]
 
@@ -253,8 +255,10 @@ def load_recorded_engine(
         if checkpoint is None and (path is None or not _is_file(path)):
             raise ReplayInputError(
                 f"the session used the checkpoint {path} (sha256 {rec.checkpoint_sha256}), "
-                "which is not there: give the checkpoint file",
+                "which is not there",
                 "checkpoint",
+                cli_hint="pass --checkpoint PATH",
+                gui_hint="choose 'custom checkpoint file…' and select the file",
             )
         model = load_model(
             "auto", checkpoint=path, device=device, fast=rec.fast, precision=precision
@@ -279,8 +283,10 @@ def _choose_target(record: SessionRecord, target: str | None) -> str:
         if len(targets) > 1:
             raise ReplayInputError(
                 f"the session wrote to {len(targets)} labels layers "
-                f"({', '.join(map(repr, targets))}): choose one to replay",
+                f"({', '.join(map(repr, targets))})",
                 "target",
+                cli_hint="choose one with --target NAME",
+                gui_hint="choose the layer to recreate",
             )
         return targets[0]
     if target not in targets:
