@@ -12,7 +12,7 @@ from napari_sam.core.commits import commit_pixels, write_commit
 from napari_sam.core.errors import SessionError
 from napari_sam.core.normalize import Normalization
 from napari_sam.core.prompts import make_prompts
-from napari_sam.core.replay import ReplayInputError, replay_session
+from napari_sam.core.replay import ReplayInputError, recorded_labels, replay_session
 from napari_sam.core.session_record import (
     AutoRunRecord,
     CommitRecord,
@@ -265,3 +265,15 @@ def test_an_empty_session_has_nothing_to_replay(stack):
     record = SessionRecord(ImageIdentity.from_array(stack))
     with pytest.raises(SessionError, match="nothing to replay"):
         replay_session(record, stack)
+
+
+def test_recorded_labels_rebuild_the_layer_without_sam(session):
+    rebuilt = recorded_labels(SessionRecord.from_json(session.record.to_json()))
+    np.testing.assert_array_equal(rebuilt, session.labels["SAM labels"])
+
+
+def test_recorded_labels_cannot_rebuild_automatic_runs(tiny_engine, stack):
+    a = Annotator(tiny_engine, stack)
+    a.auto(Z0, "stack SAM auto")
+    with pytest.raises(SessionError, match=r"automatic segmentation \(entry 1\).*replay"):
+        recorded_labels(a.record)

@@ -39,6 +39,7 @@ __all__ = [
     "ReplayResult",
     "check_image",
     "load_recorded_engine",
+    "recorded_labels",
     "replay_session",
 ]
 
@@ -294,6 +295,35 @@ def _choose_target(record: SessionRecord, target: str | None) -> str:
             f"the session has no labels layer {target!r} (it has {', '.join(map(repr, targets))})"
         )
     return target
+
+
+def recorded_labels(record: SessionRecord, target: str | None = None) -> np.ndarray:
+    """The labels a session wrote, rebuilt from its stored masks without running SAM.
+
+    Instant, and needs neither the image nor the model: each commit's recorded masks are
+    written with the recorded ids and overwrite setting, as in :func:`replay_session`.
+
+    Raises
+    ------
+    SessionError
+        When the layer was made by an automatic segmentation (only its hash is stored:
+        replay it instead), a stored mask is damaged, or the target is ambiguous.
+    """
+    target = _choose_target(record, target)
+    labels = np.zeros(record.image.labels_shape, np.int32)
+    for number, entry in enumerate(record.entries, 1):
+        if entry.target != target:
+            continue
+        if isinstance(entry, AutoRunRecord):
+            raise SessionError(
+                f"{target!r} comes from an automatic segmentation (entry {number}), whose "
+                "labels the session does not store: replay the session to recreate them"
+            )
+        shape = entry.plane.take(labels).shape
+        masks = [decode_mask(o.mask, shape) for o in entry.objects]
+        ids = [o.label for o in entry.objects]
+        write_commit(entry.plane.view(labels), masks, ids, overwrite=entry.overwrite)
+    return labels
 
 
 def replay_session(
