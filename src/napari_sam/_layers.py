@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ._session import point_label
+from .core.commits import commit_pixels
 from .core.errors import ImageError, PromptError
 from .core.label_ids import highest_id, new_ids
 
@@ -421,17 +422,10 @@ def write_objects(
     """
     data = labels.data
     existing = plane.take(data)
-    areas = [int(m.sum()) for m in masks]
-    drawn = np.zeros(plane.shape, np.int32)
-    for i in np.argsort(areas, kind="stable")[::-1]:
-        drawn[masks[i]] = i + 1
-    target = drawn > 0
-    if not overwrite:
-        target &= existing == 0
-    rows, cols = np.nonzero(target)
-    provisional = drawn[rows, cols]
-    visible = np.bincount(provisional, minlength=len(masks) + 1)
-    shown = np.flatnonzero(visible[1:])
+    # The same pixels as a replayed commit (core.commits), so sessions replay exactly.
+    rows, cols, objects = commit_pixels(existing, masks, overwrite=overwrite)
+    visible = np.bincount(objects, minlength=len(masks))
+    shown = np.flatnonzero(visible)
     if not len(shown):
         return []
     if highest is None or highest < highest_id(existing):
@@ -443,14 +437,14 @@ def write_objects(
         target=f"the labels layer {labels.name!r}",
         hint=_wider_type_hint(highest + len(shown)),
     )
-    lut = np.zeros(len(masks) + 1, data.dtype)
+    lut = np.zeros(len(masks), data.dtype)
     written = []
     for i, label in zip(shown, ids, strict=True):
-        lut[i + 1] = label
-        written.append(Written(obj=int(i), label=label, pixels=int(visible[i + 1])))
+        lut[i] = label
+        written.append(Written(obj=int(i), label=label, pixels=int(visible[i])))
     # One block = one entry in the layer's undo history: Ctrl+Z removes the whole commit.
     with labels.block_history():
-        labels.data_setitem(plane.indices(rows, cols), lut[provisional])
+        labels.data_setitem(plane.indices(rows, cols), lut[objects])
     return written
 
 

@@ -8,6 +8,7 @@ Examples
     napari-sam segment cells.tif --point 120,88 --point 40,60,0 -o one_cell.tif
     napari-sam segment cells.tif --box 10,10,60,70 --box 100,20,150,90 -o two_cells.tif
     napari-sam embed cells.tif          # precompute; later commands reuse it
+    napari-sam replay session.json -o labels.tif   # recreate a napari session's labels
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("embed", parents=[common], help="precompute image embeddings")
     e.add_argument("images", type=Path, nargs="+")
+    _add_replay_parser(sub, PRECISIONS)
     return p
 
 
@@ -256,6 +258,8 @@ def _check_paths(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> int:
     from .core.io import write_labels
 
+    if args.command == "replay":
+        return _replay(args)
     _check_paths(args)
     if args.command == "embed":
         engine = _engine(args)
@@ -347,6 +351,73 @@ def _auto(args, engine, rgb, write_labels) -> int:
             w.writerow(result.table)
             w.writerows(zip(*result.table.values(), strict=True))
     print(f"wrote {out} ({_plural(result.n_objects, 'object')})")
+    return EXIT_OK
+
+
+def _add_replay_parser(sub, precisions: Sequence[str]) -> None:
+    r = sub.add_parser(
+        "replay",
+        help="recreate the labels of a saved napari session by running SAM again",
+        description="Re-run SAM on every prompt of a session file with its recorded model, "
+        "precision and normalisation, write the labels, and report per object whether the "
+        "mask is identical to the recorded one (else its IoU).",
+    )
+    r.add_argument("session", type=Path, help="session file (.json) saved in napari")
+    r.add_argument("-o", "--output", type=Path, required=True, help="labels file (.tif/.png/.npy)")
+    r.add_argument(
+        "--image", type=Path, help="the image file (default: the path recorded in the session)"
+    )
+    r.add_argument("--target", help="labels layer to recreate, when the session wrote to several")
+    r.add_argument(
+        "--allow-other-image",
+        action="store_true",
+        help="replay even if the image's content differs from the recorded one (same shape)",
+    )
+    r.add_argument(
+        "--checkpoint", type=Path, help="use this checkpoint instead of the recorded model"
+    )
+    r.add_argument("--device", default=None, help="default: the recorded device")
+    r.add_argument(
+        "--precision", choices=precisions, default=None, help="default: the recorded precision"
+    )
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .core.errors import SessionError
+    from .core.io import read_image, write_labels
+    from .core.replay import replay_session
+    from .core.session_record import SessionRecord
+
+    record = SessionRecord.load(args.session)
+    source = record.image.source
+    image_path = args.image or (Path(source) if source else None)
+    if image_path is None:
+        raise SessionError(
+            f"{args.session} does not say which file its image came from",
+            cli_hint="pass --image PATH",
+        )
+    # The same checks as for 'segment': readable image type, writable output, before work.
+    _check_paths(argparse.Namespace(command="replay", image=image_path, output=args.output))
+    image = read_image(image_path)
+    result = replay_session(
+        record,
+        image,
+        target=args.target,
+        allow_other_image=args.allow_other_image,
+        device=args.device,
+        precision=args.precision,
+        checkpoint=None if args.checkpoint is None else str(args.checkpoint),
+    )
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for line in [
+        *(o.describe() for o in result.objects),
+        *(a.describe() for a in result.auto_runs),
+    ]:
+        print(line)
+    out = write_labels(args.output, result.labels)
+    verdict = "identical to the session" if result.identical else "not identical"
+    print(f"wrote {out} ({result.target!r}: {result.summary()}; {verdict})")
     return EXIT_OK
 
 

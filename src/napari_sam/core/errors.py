@@ -62,3 +62,7 @@ class Cancelled(NapariSamError):
 
 class LabelIdError(NapariSamError):
     """New label ids do not fit the integer type of the labels they go into."""
+
+
+class SessionError(NapariSamError):
+    """A session file is corrupt, of an unknown or newer format, or does not fit the image."""

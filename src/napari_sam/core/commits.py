@@ -1,0 +1,91 @@
+"""How the masks of one commit become label pixels.
+
+A commit writes the chosen mask of every object of a preview into a labels plane as new
+labels: where masks overlap the smaller one wins (a nucleus inside its cell stays visible),
+and without ``overwrite`` pixels that already carry a label keep it. The napari glue
+(:func:`napari_sam._layers.write_objects`) and session replay
+(:mod:`napari_sam.core.replay`) both go through :func:`commit_pixels`, so that a replayed
+commit writes exactly the pixels the original one wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["commit_pixels", "draw_objects", "write_commit"]
+
+
+def draw_objects(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """int32 (H, W): object ``i`` as ``i + 1``, smaller objects drawn over larger ones.
+
+    Ties in area keep the earlier object on top (a stable sort), as the preview shows them.
+    """
+    drawn = np.zeros(shape, np.int32)
+    areas = [int(np.count_nonzero(m)) for m in masks]
+    for i in np.argsort(areas, kind="stable")[::-1]:
+        drawn[np.asarray(masks[i], bool)] = i + 1
+    return drawn
+
+
+def commit_pixels(
+    existing: np.ndarray, masks: Sequence[np.ndarray], *, overwrite: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pixels a commit writes, and which object each belongs to.
+
+    Parameters
+    ----------
+    existing : ndarray
+        (H, W) labels of the plane before the commit.
+    masks : sequence of ndarray
+        Boolean (H, W) chosen mask of every object, in preview order.
+    overwrite : bool
+        False: pixels that already carry a label keep it.
+
+    Returns
+    -------
+    rows, cols : ndarray
+        Pixel coordinates written.
+    objects : ndarray
+        For each of them, the index of the object that owns it.
+    """
+    drawn = draw_objects(masks, existing.shape[:2])
+    target = drawn > 0
+    if not overwrite:
+        target &= existing == 0
+    rows, cols = np.nonzero(target)
+    return rows, cols, drawn[rows, cols] - 1
+
+
+def write_commit(
+    plane_labels: np.ndarray,
+    masks: Sequence[np.ndarray],
+    ids: Sequence[int | None],
+    *,
+    overwrite: bool,
+) -> np.ndarray:
+    """Write a commit with given label ids into an (H, W) labels plane, in place.
+
+    Parameters
+    ----------
+    plane_labels : ndarray
+        (H, W) labels, modified in place (it may be a view into a larger array).
+    masks : sequence of ndarray
+        Boolean (H, W) mask of every object.
+    ids : sequence of int or None
+        Label id of every object; None: the object is not written (its pixels stay as they
+        were, as when the original commit left it without visible pixels).
+    overwrite : bool
+        See :func:`commit_pixels`.
+
+    Returns
+    -------
+    ndarray
+        int64 (n_objects,): pixels written per object.
+    """
+    rows, cols, objects = commit_pixels(plane_labels, masks, overwrite=overwrite)
+    lut = np.array([-1 if i is None else int(i) for i in ids], np.int64)
+    keep = lut[objects] >= 0
+    plane_labels[rows[keep], cols[keep]] = lut[objects[keep]]
+    return np.bincount(objects[keep], minlength=len(masks)).astype(np.int64)

@@ -1,0 +1,363 @@
+"""Session records to and from plain JSON data, with version checks and validation.
+
+:meth:`SessionRecord.to_json <napari_sam.core.session_record.SessionRecord.to_json>` and
+``from_json`` use these. Reading checks the ``format`` and ``version`` keys first (a newer
+version is refused with a message saying to update napari-sam), then every field, and names
+the first bad one (``entries[3].calls[0].objects[1].candidate``) in a one-line
+:class:`~napari_sam.core.errors.SessionError`. Keys a reader does not know are ignored: a
+change that older readers would misunderstand increases :data:`SCHEMA_VERSION`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .errors import NapariSamError, SessionError
+from .normalize import Normalization
+from .prompts import make_prompts
+from .session_record import (
+    FORMAT,
+    SCHEMA_VERSION,
+    AutoRunRecord,
+    CallRecord,
+    CommitRecord,
+    Entry,
+    ImageIdentity,
+    ModelRecord,
+    ObjectRecord,
+    PlaneRecord,
+    SessionRecord,
+)
+
+__all__ = ["Raw", "dumps", "entry_json", "record_from_dict", "record_to_dict"]
+
+
+# ------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------
+
+
+def _normalization(n: Normalization) -> dict[str, Any]:
+    return {
+        "method": n.method,
+        "contrast_limits": None if n.contrast_limits is None else _lists(n.contrast_limits),
+        "percentiles": list(n.percentiles),
+        "channel_axis": n.channel_axis,
+        "channels": None if n.channels is None else list(n.channels),
+        "description": n.describe(),
+    }
+
+
+def _lists(value: Any) -> Any:
+    return [_lists(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _model(m: ModelRecord) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "checkpoint_sha256": m.checkpoint_sha256,
+        "checkpoint": m.checkpoint,
+        "model_id": m.model_id,
+        "precision": m.precision,
+        "fast": m.fast,
+        "device": m.device,
+        "architecture": dict(m.architecture),
+        "random_seed": m.random_seed,
+    }
+
+
+def _common(e: Entry) -> dict[str, Any]:
+    return {
+        "kind": e.kind,
+        "time": e.time,
+        "target": e.target,
+        "plane": {"axes": list(e.plane.axes), "index": list(e.plane.index)},
+        "model": _model(e.model),
+        "normalization": _normalization(e.normalization),
+    }
+
+
+def _entry(e: Entry) -> dict[str, Any]:
+    out = _common(e)
+    if isinstance(e, AutoRunRecord):
+        out.update(params=dict(e.params), n_objects=e.n_objects, labels_sha256=e.labels_sha256)
+        return out
+    out["overwrite"] = e.overwrite
+    out["calls"] = [
+        {
+            "points": c.prompts.points.tolist(),
+            "point_labels": c.prompts.point_labels.tolist(),
+            "boxes": c.prompts.boxes.tolist(),
+            "objects": [
+                {
+                    "source": o.source,
+                    "candidate": o.candidate,
+                    "predicted_iou": o.predicted_iou,
+                    "label": o.label,
+                    "pixels": o.pixels,
+                    "area": o.area,
+                    "mask_rle": o.mask,
+                }
+                for o in c.objects
+            ],
+        }
+        for c in e.calls
+    ]
+    return out
+
+
+class Raw(str):
+    """JSON text already rendered by :func:`dumps` (at the depth where it is placed)."""
+
+
+def entry_json(entry: Entry) -> Raw:
+    """An entry's JSON text, indented for its place in a session file's ``entries`` list."""
+    return Raw(dumps(_entry(entry), _depth=2))
+
+
+def record_to_dict(
+    record: SessionRecord, render: Callable[[Entry], Any] = _entry
+) -> dict[str, Any]:
+    """Plain JSON-ready data of a record (``format`` and ``version`` first).
+
+    ``render`` turns each entry into data, or into :class:`Raw` text (see :func:`entry_json`):
+    entries never change once recorded, so a session can keep their text and rewrite its
+    file after every commit at the cost of one entry.
+    """
+    img = record.image
+    return {
+        "format": FORMAT,
+        "version": SCHEMA_VERSION,
+        "session_id": record.session_id,
+        "created": record.created,
+        "software": record.software,
+        "image": {
+            "sha256": img.sha256,
+            "shape": list(img.shape),
+            "dtype": img.dtype,
+            "rgb": img.rgb,
+            "source": img.source,
+        },
+        "entries": [render(e) for e in record.entries],
+    }
+
+
+def dumps(data: Any, indent: int = 1, _depth: int = 0) -> str:
+    """JSON text with objects indented and arrays of numbers on one line (easy to read)."""
+    if isinstance(data, Raw):
+        return str(data)
+    if isinstance(data, dict) and data:
+        pad, inner = " " * indent * _depth, " " * indent * (_depth + 1)
+        items = (
+            f"{inner}{json.dumps(k)}: {dumps(v, indent, _depth + 1)}" for k, v in data.items()
+        )
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(data, list) and any(isinstance(v, dict | Raw) for v in data):
+        pad, inner = " " * indent * _depth, " " * indent * (_depth + 1)
+        items = (inner + dumps(v, indent, _depth + 1) for v in data)
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return json.dumps(data, allow_nan=False, ensure_ascii=False)
+
+
+# ------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------
+
+
+class _Obj:
+    """A JSON object being read, with its place in the file for error messages."""
+
+    def __init__(self, data: Any, where: str, file: str) -> None:
+        if not isinstance(data, dict):
+            raise SessionError(f"{file}: {where or 'the file'} must be a JSON object")
+        self.data, self.where, self.file = data, where, file
+
+    def fail(self, key: str, what: str) -> SessionError:
+        place = f"{self.where}.{key}" if self.where else key
+        return SessionError(f"{self.file} is damaged: {place} {what}")
+
+    def get(self, key: str, check: Callable[[Any], bool], what: str, *, optional=False) -> Any:
+        if key not in self.data:
+            if optional:
+                return None
+            raise self.fail(key, "is missing")
+        value = self.data[key]
+        if value is None and optional:
+            return None
+        if not check(value):
+            raise self.fail(key, f"must be {what}, not {value!r:.60}")
+        return value
+
+    def obj(self, key: str) -> _Obj:
+        return _Obj(
+            self.get(key, lambda v: isinstance(v, dict), "an object"), self._at(key), self.file
+        )
+
+    def objs(self, key: str) -> list[_Obj]:
+        items = self.get(key, lambda v: isinstance(v, list), "a list")
+        return [_Obj(v, f"{self._at(key)}[{i}]", self.file) for i, v in enumerate(items)]
+
+    def _at(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _ints(v: Any) -> bool:
+    return isinstance(v, list) and all(_is_int(x) for x in v)
+
+
+def _check_version(o: _Obj) -> None:
+    if o.data.get("format") != FORMAT:
+        raise SessionError(
+            f"{o.file} is not a napari-sam session file (its 'format' is "
+            f"{o.data.get('format')!r}, expected {FORMAT!r})"
+        )
+    version = o.data.get("version")
+    if not _is_int(version) or version < 1:
+        raise SessionError(f"{o.file}: unknown session format version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise SessionError(
+            f"{o.file} was written by a newer napari-sam (session format {version}; this "
+            f"version reads up to {SCHEMA_VERSION}): update napari-sam-kit to open it"
+        )
+
+
+def _read_model(o: _Obj) -> ModelRecord:
+    seed = o.get("random_seed", _is_int, "an integer", optional=True)
+    return ModelRecord(
+        name=o.get("name", _is_str, "a string"),
+        checkpoint_sha256=o.get("checkpoint_sha256", _is_str, "a string", optional=True),
+        checkpoint=o.get("checkpoint", _is_str, "a string", optional=True),
+        model_id=o.get("model_id", _is_str, "a string"),
+        precision=o.get("precision", lambda v: v in ("fp32", "bf16", "fp16"), "fp32/bf16/fp16"),
+        fast=o.get("fast", _is_bool, "true or false"),
+        device=o.get("device", _is_str, "a string"),
+        architecture=o.get("architecture", lambda v: isinstance(v, dict), "an object"),
+        random_seed=seed,
+    )
+
+
+def _read_normalization(o: _Obj) -> Normalization:
+    try:
+        return Normalization(
+            method=o.get("method", _is_str, "a string"),
+            contrast_limits=o.get(
+                "contrast_limits", lambda v: isinstance(v, list), "a list", optional=True
+            ),
+            percentiles=tuple(
+                o.get("percentiles", lambda v: isinstance(v, list) and len(v) == 2, "a pair")
+            ),
+            channel_axis=o.get("channel_axis", _is_int, "an integer", optional=True),
+            channels=o.get("channels", _ints, "a list of integers", optional=True),
+        )
+    except NapariSamError as e:
+        raise SessionError(f"{o.file} is damaged: {o.where}: {e}") from None
+    except (TypeError, ValueError):
+        raise o.fail("contrast_limits", "must be a pair or a list of pairs of numbers") from None
+
+
+def _read_plane(o: _Obj) -> PlaneRecord:
+    axes = o.get("axes", lambda v: _ints(v) and len(v) == 2, "two integers")
+    index = o.get(
+        "index",
+        lambda v: isinstance(v, list) and all(x is None or _is_int(x) for x in v),
+        "a list of integers and nulls",
+    )
+    return PlaneRecord(axes=(axes[0], axes[1]), index=tuple(index))
+
+
+def _read_object(o: _Obj) -> ObjectRecord:
+    return ObjectRecord(
+        source=o.get("source", _is_str, "a string"),
+        candidate=o.get("candidate", lambda v: _is_int(v) and v >= 0, "an index >= 0"),
+        predicted_iou=float(o.get("predicted_iou", _is_num, "a number")),
+        label=o.get("label", lambda v: _is_int(v) and v > 0, "a label id > 0", optional=True),
+        pixels=o.get("pixels", lambda v: _is_int(v) and v >= 0, "a count >= 0"),
+        mask=o.get("mask_rle", _is_str, "a string"),
+        area=o.get("area", lambda v: _is_int(v) and v >= 0, "a count >= 0"),
+    )
+
+
+def _read_call(o: _Obj) -> CallRecord:
+    try:
+        prompts = make_prompts(
+            o.get("points", lambda v: isinstance(v, list), "a list"),
+            o.get("point_labels", lambda v: isinstance(v, list), "a list"),
+            o.get("boxes", lambda v: isinstance(v, list), "a list"),
+        )
+    except NapariSamError as e:
+        raise SessionError(f"{o.file} is damaged: {o.where}: {e}") from None
+    objects = tuple(_read_object(x) for x in o.objs("objects"))
+    if len(objects) != prompts.n_objects:
+        raise o.fail("objects", f"must hold {prompts.n_objects} object(s) for these prompts")
+    return CallRecord(prompts, objects)
+
+
+def _read_entry(o: _Obj) -> Entry:
+    kind = o.get("kind", _is_str, "a string")
+    common = {
+        "target": o.get("target", _is_str, "a string"),
+        "plane": _read_plane(o.obj("plane")),
+        "model": _read_model(o.obj("model")),
+        "normalization": _read_normalization(o.obj("normalization")),
+        "time": o.get("time", _is_str, "a string"),
+    }
+    if kind == "commit":
+        return CommitRecord(
+            overwrite=o.get("overwrite", _is_bool, "true or false"),
+            calls=tuple(_read_call(c) for c in o.objs("calls")),
+            **common,
+        )
+    if kind == "auto":
+        return AutoRunRecord(
+            params=o.get("params", lambda v: isinstance(v, dict), "an object"),
+            n_objects=o.get("n_objects", lambda v: _is_int(v) and v >= 0, "a count >= 0"),
+            labels_sha256=o.get("labels_sha256", _is_str, "a string"),
+            **common,
+        )
+    raise o.fail("kind", f"is {kind!r}, which this napari-sam does not know (commit, auto)")
+
+
+def record_from_dict(data: Any, file: str = "session") -> SessionRecord:
+    """Build a record from parsed JSON; SessionError naming the first problem."""
+    top = _Obj(data, "", file)
+    _check_version(top)
+    img = top.obj("image")
+    image = ImageIdentity(
+        sha256=img.get("sha256", lambda v: _is_str(v) and len(v) == 64, "a SHA-256 (64 hex)"),
+        shape=tuple(img.get("shape", lambda v: _ints(v) and v and min(v) > 0, "a shape")),
+        dtype=img.get("dtype", _is_str, "a dtype name"),
+        rgb=img.get("rgb", _is_bool, "true or false"),
+        source=img.get("source", _is_str, "a string", optional=True),
+    )
+    record = SessionRecord(
+        image=image,
+        session_id=top.get("session_id", _is_str, "a string"),
+        created=top.get("created", _is_str, "a string"),
+        software=top.get("software", _is_str, "a string"),
+    )
+    for entry in top.objs("entries"):
+        e = _read_entry(entry)
+        try:
+            record.append(e)
+        except SessionError as err:
+            raise SessionError(f"{file} is damaged: {entry.where}: {err}") from None
+    return record
