@@ -33,7 +33,7 @@ def volume_data(shape: tuple[int, ...] = SHAPE, seed: int = 0) -> np.ndarray:
 def itk_image(data: np.ndarray, direction=FLIPPED_XYZ, spacing=SPACING_XYZ, origin=ORIGIN_XYZ):
     import SimpleITK as sitk
 
-    image = sitk.GetImageFromArray(data)
+    image = sitk.GetImageFromArray(data, isVector=False)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)

@@ -211,11 +211,15 @@ class VolumeGeometry:
         return tuple(o * _TO_MM.get(u, 1.0) for o, u in zip(self.origin, self.units, strict=True))
 
     def describe(self) -> str:
-        """Short text, e.g. ``"25 x 256 x 256 voxels of 6.5 x 0.781 x 0.781 mm"``."""
+        """Short text: ``"25 x 256 x 256 voxels of 6.5 x 0.781 x 0.781 mm"``, or ``"64 x 96"``
+        for an image without spacing."""
         size = " x ".join(str(s) for s in self.shape)
+        if not any(self.units) and all(s == 1.0 for s in self.spacing):
+            return size
         unit = self.units[-1] if len(set(self.units)) == 1 else ""
         spacing = " x ".join(f"{s:.3g}" for s in self.spacing)
-        return f"{size} voxels of {spacing}{' ' + unit if unit else ''}"
+        what = "pixels" if self.ndim == 2 else "voxels"
+        return f"{size} {what} of {spacing}{' ' + unit if unit else ''}"
 
     # --- SimpleITK (x, y, z) order <-> array order ---------------------------------------
 

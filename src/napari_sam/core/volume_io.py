@@ -39,8 +39,10 @@ __all__ = [
     "DICOM_SUFFIXES",
     "ITK_SUFFIXES",
     "ITK_WRITE_SUFFIXES",
+    "READABLE_SUFFIXES",
     "VOLUME_SUFFIXES",
     "Volume",
+    "check_readable",
     "guess_axes",
     "is_dicom_file",
     "looks_like_labels",
@@ -61,6 +63,9 @@ DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".ima")
 _TIFF = (".tif", ".tiff")
 VOLUME_SUFFIXES: tuple[str, ...] = (*_TIFF, *ITK_SUFFIXES, *DICOM_SUFFIXES)
 """File types that can hold volumes (:func:`read_volume` also reads 2D pictures)."""
+
+READABLE_SUFFIXES: tuple[str, ...] = (*READ_SUFFIXES, *ITK_SUFFIXES, *DICOM_SUFFIXES)
+"""Every file type :func:`read_volume` reads (DICOM files are also recognised by content)."""
 
 _FORMAT_NAMES = {
     ".nii": "NIfTI",
@@ -186,10 +191,9 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     path = Path(path)
     if path.is_dir():
         return _read_dicom(path, None)
+    check_readable(path)
     suffix = file_suffix(path)
-    if not path.exists():
-        raise ImageError(f"Cannot read image {path}: file not found.")
-    if suffix in DICOM_SUFFIXES or (suffix not in _known_suffixes() and is_dicom_file(path)):
+    if suffix in DICOM_SUFFIXES or suffix not in READABLE_SUFFIXES:  # DICOM by content
         return _read_dicom(path.parent, path)
     if suffix in ITK_SUFFIXES:
         return _read_itk(path, suffix)
@@ -204,8 +208,28 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     return Volume(data, geometry, rgb=rgb, source=path)
 
 
-def _known_suffixes() -> tuple[str, ...]:
-    return (*READ_SUFFIXES, *ITK_SUFFIXES)
+def check_readable(path: str | os.PathLike[str]) -> None:
+    """Fail early, without decoding, on a path :func:`read_volume` would refuse at once.
+
+    Raises
+    ------
+    ImageError
+        If the file does not exist, is not a file or a folder, or has an extension that is
+        not supported (and is not a DICOM file by content).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return  # a DICOM folder: what it holds is checked when it is read
+    if not path.exists():
+        raise ImageError(f"Cannot read image {path}: file not found.")
+    suffix = file_suffix(path)
+    if suffix not in READABLE_SUFFIXES and not is_dicom_file(path):
+        raise ImageError(
+            f"Cannot read image {path}: unsupported file type {suffix or '(no extension)'!r} "
+            f"(supported: {', '.join(READABLE_SUFFIXES)}, or a DICOM folder)."
+        )
+    if not path.is_file():
+        raise ImageError(f"Cannot read image {path}: not a file.")
 
 
 @contextlib.contextmanager
@@ -279,8 +303,12 @@ def _check_nifti_complete(path: Path, *, gz: bool) -> None:
     try:
         with opener(path, "rb") as f:
             header = f.read(540)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ImageError(f"Cannot read image {path}: not a readable gzip file ({exc}).") from exc
+    except gzip.BadGzipFile:
+        raise ImageError(
+            f"Cannot read image {path}: not gzip-compressed, although its name ends in .gz."
+        ) from None
+    except (OSError, EOFError, zlib.error):
+        raise ImageError(f"Cannot read image {path}: {_TRUNCATED_GZIP}") from None
     expected = _nifti_expected_bytes(header)
     if expected is None:
         return  # not a NIfTI header: ITK's own error will say so
@@ -288,10 +316,7 @@ def _check_nifti_complete(path: Path, *, gz: bool) -> None:
         try:
             actual = _gzip_length(path)
         except (OSError, EOFError, zlib.error):
-            raise ImageError(
-                f"Cannot read image {path}: the gzip data is truncated or corrupt (the file "
-                "was cut short or damaged, e.g. by an interrupted copy or download)."
-            ) from None
+            raise ImageError(f"Cannot read image {path}: {_TRUNCATED_GZIP}") from None
     else:
         actual = path.stat().st_size
     if actual < expected:
@@ -299,6 +324,12 @@ def _check_nifti_complete(path: Path, *, gz: bool) -> None:
             f"Cannot read image {path}: the file is truncated ({actual} of the {expected} "
             "bytes its header announces)."
         )
+
+
+_TRUNCATED_GZIP = (
+    "the gzip data is truncated or corrupt (the file was cut short or damaged, e.g. by an "
+    "interrupted copy or download)."
+)
 
 
 def _nifti_expected_bytes(header: bytes) -> int | None:
