@@ -35,6 +35,11 @@ __all__ = ["GeometryNotice", "get_reader", "layer_data", "layer_name", "read_lay
 LayerData = tuple[Any, dict[str, Any], str]
 PathOrPaths = str | list[str]
 
+_NAPARI_UNITS = frozenset({"mm", "um", "nm", "cm", "m", "s", "ms", "min"})
+"""Units (as :func:`napari_sam.core.geometry.normalize_unit` names them) given to napari;
+others (unknown or odd strings from file metadata, which napari's unit parser may reject)
+show as pixels, while the geometry keeps them."""
+
 DEFAULT_CT_WINDOW = "soft-tissue"
 """Window a CT volume opens with (the user changes contrast limits as usual)."""
 
@@ -110,7 +115,7 @@ def layer_data(
         "name": name,
         "scale": g.napari_scale(),
         "translate": g.origin,
-        "units": tuple(u or "pixel" for u in g.units),
+        "units": tuple(u if u in _NAPARI_UNITS else "pixel" for u in g.units),
         "metadata": {"napari_sam": info},
     }
     if g.notice:
