@@ -149,3 +149,13 @@ def test_layer_data_can_be_forced(tmp_path):
 
     _, _, kind = layer_data(read_volume(vol_path), labels=False)
     assert kind == "image"
+
+
+def test_unknown_units_show_as_pixels(tmp_path):
+    tifffile.imwrite(
+        tmp_path / "odd.tif", np.zeros((3, 4, 5), np.uint16), imagej=True,
+        resolution=(2.0, 2.0), metadata={"spacing": 1.0, "unit": "furlong", "axes": "ZYX"},
+    )  # fmt: skip
+    ((_, kwargs, _),) = read_layers(str(tmp_path / "odd.tif"))
+    assert kwargs["units"] == ("pixel",) * 3
+    assert kwargs["metadata"]["napari_sam"]["geometry"].units == ("furlong",) * 3
