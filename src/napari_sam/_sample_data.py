@@ -1,11 +1,13 @@
 """Offline sample data for napari's File > Open Sample menu.
 
-Only images that need no download: scikit-image's bundled ones and napari-sam's own
-synthetic generator (which comes with ground-truth labels, handy to judge SAM's masks).
+Only images that need no download: scikit-image's bundled ones, napari-sam's own synthetic
+generator (which comes with ground-truth labels, handy to judge SAM's masks) and a real brain
+MRI with its tumour mask shipped in ``napari_sam/data/samples`` (see ATTRIBUTION.md there).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 LayerData = list[tuple[Any, dict[str, Any], str]]
@@ -53,3 +55,24 @@ def nuclei_3d() -> LayerData:
         (s.image, {"name": "nuclei 3D", **meta}, "image"),
         (s.labels, {"name": "reference labels", "visible": False, **meta}, "labels"),
     ]
+
+
+SAMPLES = Path(__file__).parent / "data" / "samples"
+"""Folder of the bundled sample scans."""
+
+
+def mri_brain() -> LayerData:
+    """A brain MRI (25 slices of 6.5 mm) with the reference mask of a tumour (pyradiomics).
+
+    Opened like any NIfTI file by napari-sam's reader: physical scale and origin, patient
+    orientation, percentile contrast, geometry in ``metadata["napari_sam"]``.
+    """
+    from ._reader import layer_data
+    from .core.volume_io import read_volume
+
+    image = layer_data(read_volume(SAMPLES / "brain1_image.nii.gz"), "brain MRI")
+    mask = layer_data(
+        read_volume(SAMPLES / "brain1_label.nii.gz"), "tumour (reference)", labels=True
+    )
+    mask[1]["opacity"] = 0.4
+    return [image, mask]

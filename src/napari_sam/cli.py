@@ -9,6 +9,11 @@ Examples
     napari-sam segment cells.tif --box 10,10,60,70 --box 100,20,150,90 -o two_cells.tif
     napari-sam embed cells.tif          # precompute; later commands reuse it
     napari-sam replay session.json -o labels.tif   # recreate a napari session's labels
+
+    # Volumes (NIfTI, NRRD, MetaImage, DICOM, 3D TIFF): prompts are (z, row, col) voxels
+    napari-sam segment scan.nii.gz --box 12,80,90,140,160 --window soft-tissue -o tumour.nii.gz
+    napari-sam embed scan.nii.gz        # every slice
+    napari-sam auto stack.tif -o nuclei.tif   # slice by slice
 """
 
 from __future__ import annotations
@@ -18,11 +23,24 @@ import csv
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 
+if TYPE_CHECKING:  # imported when used, so that ``--version`` and ``--help`` stay fast
+    import numpy as np
+
+    from .core.geometry import VolumeGeometry
+    from .core.normalize import Normalization
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_OUTPUT_HELP = (
+    "labels file: .tif, .npy, .png (2D), or .nii.gz, .nii, .nrrd, .mha, which keep the "
+    "image's spacing, origin and direction"
+)
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -39,14 +57,31 @@ def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
 
 
 def _point(text: str) -> list[float]:
-    v = _floats(text, (2, 3), "point")
-    if len(v) == 3 and v[2] not in (0, 1):
+    """2 to 4 numbers: whether a 3rd is a label or a column depends on the image (2D or not)."""
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if len(parts) not in (2, 3, 4):
+        raise argparse.ArgumentTypeError(
+            f"point {text!r}: expected 2 or 3 comma-separated numbers (ROW,COL[,LABEL]) for an "
+            "image, 3 or 4 (Z,ROW,COL[,LABEL]) for a volume"
+        )
+    v = _floats(text, (len(parts),), "point")
+    if len(v) == 4 and v[3] not in (0, 1):
         raise argparse.ArgumentTypeError(f"point {text!r}: label must be 1 (positive) or 0")
-    return v if len(v) == 3 else [*v, 1.0]
+    return v
 
 
 def _box(text: str) -> list[float]:
-    return _floats(text, (4,), "box")
+    return _floats(text, (4, 5), "box")
+
+
+def _window(text: str) -> tuple[float, float]:
+    from .core.errors import ImageError
+    from .core.windows import parse_window
+
+    try:
+        return parse_window(text)
+    except ImageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -111,6 +146,13 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument(
         "--percentiles", type=_pair, metavar="LO,HI", default=(1.0, 99.8), help="default 1,99.8"
     )
+    n.add_argument(
+        "--window",
+        type=_window,
+        metavar="NAME|WIDTH,LEVEL",
+        help="CT window as contrast limits: soft-tissue (400,40), lung (1500,-600), bone "
+        "(1800,400), brain (80,40), liver, mediastinum, stroke, or WIDTH,LEVEL in HU",
+    )
     n.add_argument("--channel-axis", type=int, help="axis holding channels of a 3D array")
     n.add_argument("--channels", type=_ints, metavar="I[,J[,K]]", help="channels to use (1-3)")
     n.add_argument("--rgb", action="store_true", help="the last axis is RGB(A)")
@@ -118,14 +160,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="napari-sam",
         description="Segment Anything (SAM) for microscopy and medical images.",
-        epilog="Coordinates are (row, col) pixel indices, as napari shows them.",
+        epilog="Coordinates are (row, col) pixel indices, as napari shows them; in a volume "
+        "(z, row, col) voxel indices in the file's array order.",
     )
     p.add_argument("--version", action="version", version=f"napari-sam-kit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("auto", parents=[common], help="segment every object into instance labels")
-    a.add_argument("image", type=Path)
-    a.add_argument("-o", "--output", type=Path, required=True, help="labels file (.tif/.png/.npy)")
+    a.add_argument("image", type=Path, help="image or volume (volumes: slice by slice)")
+    a.add_argument("-o", "--output", type=Path, required=True, help=_OUTPUT_HELP)
     a.add_argument("--table", type=Path, help="also write per-object scores as CSV")
     from .core.automatic import AutoParams
 
@@ -139,44 +182,102 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--min-size", type=int, default=d.min_size, help="drop smaller objects (px)")
 
     s = sub.add_parser("segment", parents=[common], help="segment objects from points and boxes")
-    s.add_argument("image", type=Path)
+    s.add_argument("image", type=Path, help="image or volume")
     s.add_argument(
         "--point",
         type=_point,
         action="append",
         default=[],
-        metavar="ROW,COL[,LABEL]",
-        help="a click; LABEL 1 = object (default), 0 = not the object. Repeatable",
+        metavar="[Z,]ROW,COL[,LABEL]",
+        help="a click; LABEL 1 = object (default), 0 = not the object; Z (volumes) is the "
+        "slice. Repeatable",
     )
     s.add_argument(
         "--box",
         type=_box,
         action="append",
         default=[],
-        metavar="ROW0,COL0,ROW1,COL1",
-        help="a box around one object; several boxes give several objects. Repeatable",
+        metavar="[Z,]ROW0,COL0,ROW1,COL1",
+        help="a box around one object; several boxes give several objects; Z (volumes) is "
+        "the slice. Repeatable",
     )
-    s.add_argument("-o", "--output", type=Path, required=True, help="labels file (.tif/.png/.npy)")
+    s.add_argument("-o", "--output", type=Path, required=True, help=_OUTPUT_HELP)
 
     e = sub.add_parser("embed", parents=[common], help="precompute image embeddings")
-    e.add_argument("images", type=Path, nargs="+")
+    e.add_argument("images", type=Path, nargs="+", help="images or volumes (every slice)")
     _add_replay_parser(sub, PRECISIONS)
     return p
 
 
-def _prepare(args: argparse.Namespace, path: Path):
-    from .core.io import read_image
-    from .core.normalize import Normalization
+@dataclass
+class _Input:
+    """An image or volume read for a command, with the normalisation of all its planes.
 
-    norm = Normalization(
+    ``planes`` holds 2D planes (``(1, H, W[, C])`` for an image, ``(Z, H, W[, C])`` for a
+    volume, every ``(t, z)`` plane for 4D); ``norm`` is fixed once for all of them (see
+    :func:`napari_sam.core.windows.volume_normalization`), so neighbouring slices look alike
+    to SAM and slices embedded by ``embed`` are found again by ``segment``.
+    """
+
+    path: Path
+    planes: np.ndarray
+    norm: Normalization
+    rgb: bool | None
+    geometry: VolumeGeometry | None
+    is_volume: bool
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        return tuple(self.planes.shape[1:3])  # type: ignore[return-value]
+
+    def rgb_plane(self, index: int) -> np.ndarray:
+        """The uint8 RGB SAM input of plane ``index``."""
+        return self.norm.apply(self.planes[index], rgb=self.rgb)
+
+    def describe(self) -> str:
+        g = self.geometry
+        return g.describe() if g is not None else " x ".join(map(str, self.planes.shape[1:3]))
+
+
+def _read(args: argparse.Namespace, path: Path) -> _Input:
+    """Read ``path`` and fix its normalisation (before any model is loaded)."""
+    import numpy as np
+
+    from .core.io import READ_SUFFIXES, file_suffix, read_image
+    from .core.normalize import Normalization
+    from .core.volume_io import read_volume
+    from .core.windows import volume_normalization
+
+    base = Normalization(
         method=args.normalization,
         contrast_limits=args.contrast_limits,
         percentiles=args.percentiles,
         channel_axis=args.channel_axis,
         channels=args.channels,
     )
-    image = read_image(path)
-    return norm.apply(image, rgb=True if args.rgb else None), norm, image
+    rgb = True if args.rgb else None
+    if args.channel_axis is not None and file_suffix(path) in READ_SUFFIXES:
+        # --channel-axis counts the axes of the array as stored: one 2D plane, as always.
+        data = read_image(path)
+        norm = volume_normalization(data, base, window=args.window) if args.window else base
+        return _Input(path, data[np.newaxis], norm, rgb, None, is_volume=False)
+    volume = read_volume(path)
+    if volume.has_channels and not volume.rgb:
+        base = replace(base, channel_axis=-1)  # the reader puts channels last
+    rgb = True if (args.rgb or volume.rgb) else None
+    g = volume.geometry
+    if not volume.is_volume:
+        norm = volume_normalization(volume.data, base, window=args.window) if args.window else base
+        return _Input(path, volume.data[np.newaxis], norm, rgb, g, is_volume=False)
+    norm = volume_normalization(
+        volume.data,
+        base,
+        window=args.window,
+        channels_last=volume.has_channels,
+        rgb=volume.rgb,
+    )
+    planes = volume.data.reshape(-1, *volume.data.shape[g.ndim - 2 :])
+    return _Input(path, planes, norm, rgb, g, is_volume=True)
 
 
 def _engine(args: argparse.Namespace):
@@ -219,29 +320,22 @@ def _embed(engine, rgb):
 
 def _check_paths(args: argparse.Namespace) -> None:
     """Fail on missing inputs and unwritable outputs before any slow work (model, encoder)."""
-    from .core.errors import ImageError, NapariSamError
-    from .core.io import LABEL_SUFFIXES, READ_SUFFIXES
+    from .core.errors import NapariSamError
+    from .core.io import LABEL_SUFFIXES, file_suffix
+    from .core.volume_io import check_readable
 
     for image in args.images if args.command == "embed" else [args.image]:
-        if image.suffix.lower() not in READ_SUFFIXES:
-            raise ImageError(
-                f"Cannot read image {image}: unsupported file type "
-                f"{image.suffix.lower() or '(no extension)'!r} "
-                f"(supported: {', '.join(READ_SUFFIXES)})."
-            )
-        if not image.is_file():
-            what = "not a file" if image.exists() else "file not found"
-            raise ImageError(f"Cannot read image {image}: {what}.")
+        check_readable(image)
     if args.command == "embed":
         return
     outputs = [("labels", args.output)]
     if args.command == "auto" and args.table is not None:
         outputs.append(("table", args.table))
     for what, out in outputs:
-        if what == "labels" and out.suffix.lower() not in LABEL_SUFFIXES:
+        if what == "labels" and file_suffix(out) not in LABEL_SUFFIXES:
             raise NapariSamError(
                 f"cannot write labels to {out}: unsupported file type "
-                f"{out.suffix.lower() or '(no extension)'!r} "
+                f"{file_suffix(out) or '(no extension)'!r} "
                 f"(supported: {', '.join(LABEL_SUFFIXES)})"
             )
         folder = out.parent
@@ -256,27 +350,51 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .core.io import write_labels
-
     if args.command == "replay":
         return _replay(args)
     _check_paths(args)
     if args.command == "embed":
+        # Read every input before the model loads: a bad file is reported at once.
+        inputs = [_read(args, path) for path in args.images]
         engine = _engine(args)
-        for path in args.images:
-            rgb, _, _ = _prepare(args, path)
-            _embed(engine, rgb)
-            where = engine.store.path_for(engine.model_id, _key(rgb)) if engine.store else None
-            print(f"{path}: embedding stored in {where}" if where else f"{path}: embedded")
+        for inp in inputs:
+            _embed_all(engine, inp)
         return EXIT_OK
 
     # Read the image (and check the prompts against it) before loading the model: mistakes in
     # the command line are reported at once, not after a download or a model load.
-    rgb, _, _ = _prepare(args, args.image)
+    inp = _read(args, args.image)
+    _check_output_for(args, inp)
+    from ._cli_volume import _auto_volume, _segment_volume, _volume_prompts
+
     if args.command == "segment":
-        prompts = _prompts(args, rgb)
-        return _segment(args, _engine(args), rgb, prompts, write_labels)
-    return _auto(args, _engine(args), rgb, write_labels)
+        if inp.is_volume:
+            by_slice = _volume_prompts(args, inp)
+            return _segment_volume(args, _engine(args), inp, by_slice)
+        prompts = _prompts(args, inp)
+        return _segment(args, _engine(args), inp, prompts)
+    if inp.is_volume:
+        return _auto_volume(args, _engine(args), inp)
+    return _auto(args, _engine(args), inp)
+
+
+def _check_output_for(args: argparse.Namespace, inp: _Input) -> None:
+    from .core.errors import ImageError
+    from .core.io import file_suffix
+
+    if not inp.is_volume:
+        return
+    g = inp.geometry
+    if g is not None and g.ndim == 4:
+        raise ImageError(
+            f"{inp.path} is 4D ({' x '.join(map(str, g.shape))}, axes t, z, row, col); "
+            f"'{args.command}' takes a 3D volume or a 2D time series: save one time point."
+        )
+    if file_suffix(args.output) == ".png":
+        raise ImageError(
+            f"cannot write the labels of a volume to {args.output}: PNG holds one 2D plane; "
+            "use .nii.gz, .nrrd, .mha, .tif or .npy."
+        )
 
 
 def _key(rgb):
@@ -285,7 +403,35 @@ def _key(rgb):
     return image_key(rgb)
 
 
-def _prompts(args, rgb):
+def _embed_all(engine, inp: _Input) -> None:
+    """Embed every plane (slice) of ``inp``, reusing what is cached; report where."""
+    if not inp.is_volume:
+        rgb = inp.rgb_plane(0)
+        _embed(engine, rgb)
+        where = engine.store.path_for(engine.model_id, _key(rgb)) if engine.store else None
+        print(f"{inp.path}: embedding stored in {where}" if where else f"{inp.path}: embedded")
+        return
+    n = len(inp.planes)
+    reused = 0
+    t0 = time.perf_counter()
+    for i in range(n):
+        rgb = inp.rgb_plane(i)
+        if engine.cached_embedding(rgb) is not None:
+            reused += 1
+        else:
+            engine.embed(rgb)
+        print(f"\rembedding slices: {i + 1}/{n}", end="", file=sys.stderr)
+    m = engine.model
+    print(
+        f"\rembedding slices ({engine.model_id}, {m.device}, {m.precision}): {n - reused} "
+        f"computed, {reused} reused in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
+    where = f" in {engine.store.folder}" if engine.store else ""
+    print(f"{inp.path}: {_plural(n, 'slice embedding')} stored{where}")
+
+
+def _prompts(args, inp: _Input):
     import numpy as np
 
     from .core.errors import PromptError
@@ -293,18 +439,37 @@ def _prompts(args, rgb):
 
     if not args.point and not args.box:
         raise PromptError("give at least one --point ROW,COL or --box ROW0,COL0,ROW1,COL1")
+    for p in args.point:
+        if len(p) == 4 or (len(p) == 3 and p[2] not in (0, 1)):
+            raise PromptError(
+                f"{inp.path} is a 2D image ({inp.describe()}): --point takes ROW,COL[,LABEL] "
+                f"with LABEL 1 or 0, not {_coords(p)}"
+            )
+    for b in args.box:
+        if len(b) == 5:
+            raise PromptError(
+                f"{inp.path} is a 2D image ({inp.describe()}): --box takes ROW0,COL0,ROW1,COL1, "
+                f"not {_coords(b)}"
+            )
     pts = np.array([p[:2] for p in args.point]) if args.point else None
-    lbl = np.array([int(p[2]) for p in args.point]) if args.point else None
-    return make_prompts(pts, lbl, args.box or None, image_shape=rgb.shape[:2])
+    lbl = np.array([int(p[2]) if len(p) == 3 else 1 for p in args.point]) if args.point else None
+    return make_prompts(pts, lbl, args.box or None, image_shape=inp.plane_shape)
+
+
+def _coords(values: list[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
-def _segment(args, engine, rgb, prompts, write_labels) -> int:
+def _segment(args, engine, inp: _Input, prompts) -> int:
     import numpy as np
 
+    from .core.io import write_labels
+
+    rgb = inp.rgb_plane(0)
     emb = _embed(engine, rgb)
     pred = engine.predict(emb, prompts)
     labels = np.zeros(rgb.shape[:2], np.int32)
@@ -315,15 +480,15 @@ def _segment(args, engine, rgb, prompts, write_labels) -> int:
             f"predicted IoU {pred.score(obj):.3f}",
             file=sys.stderr,
         )
-    out = write_labels(args.output, labels)
+    out = write_labels(args.output, labels, geometry=inp.geometry)
     print(f"wrote {out} ({_plural(pred.n_objects, 'object')})")
     return EXIT_OK
 
 
-def _auto(args, engine, rgb, write_labels) -> int:
-    from .core.automatic import AutoParams, segment_automatically
+def _auto_params(args):
+    from .core.automatic import AutoParams
 
-    params = AutoParams(
+    return AutoParams(
         points_per_side=args.points_per_side,
         points_per_batch=args.points_per_batch,
         pred_iou_thresh=args.pred_iou_thresh,
@@ -332,6 +497,13 @@ def _auto(args, engine, rgb, write_labels) -> int:
         crop_n_layers=args.crop_n_layers,
         min_size=args.min_size,
     )
+
+
+def _auto(args, engine, inp: _Input) -> int:
+    from .core.automatic import segment_automatically
+    from .core.io import write_labels
+
+    rgb = inp.rgb_plane(0)
     _embed(engine, rgb)
     last = [-1]
 
@@ -342,16 +514,20 @@ def _auto(args, engine, rgb, write_labels) -> int:
             print(f"\rautomatic segmentation: {pct:3d}%", end="", file=sys.stderr)
 
     t0 = time.perf_counter()
-    result = segment_automatically(engine, rgb, params, progress=progress)
+    result = segment_automatically(engine, rgb, _auto_params(args), progress=progress)
     print(f"\rautomatic segmentation: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    out = write_labels(args.output, result.labels)
+    out = write_labels(args.output, result.labels, geometry=inp.geometry)
     if args.table:
-        with open(args.table, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(result.table)
-            w.writerows(zip(*result.table.values(), strict=True))
+        _write_table(args.table, result.table)
     print(f"wrote {out} ({_plural(result.n_objects, 'object')})")
     return EXIT_OK
+
+
+def _write_table(path: Path, table: dict) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(table)
+        w.writerows(zip(*table.values(), strict=True))
 
 
 def _add_replay_parser(sub, precisions: Sequence[str]) -> None:

@@ -1,6 +1,11 @@
 """Read images and write label images, with one clear :class:`ImageError` line on failure.
 
-tifffile and imageio are imported when first needed, so importing this module stays cheap.
+:func:`read_image` reads the pixels of 2D pictures and TIFF stacks as stored; volumes and
+medical formats with their geometry are read by :func:`napari_sam.core.volume_io.read_volume`.
+:func:`write_labels` writes every label format, medical ones with the image's geometry.
+
+tifffile, imageio and SimpleITK are imported when first needed, so importing this module
+stays cheap.
 """
 
 from __future__ import annotations
@@ -12,19 +17,28 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ImageError
+from .geometry import VolumeGeometry
 
-__all__ = ["LABEL_SUFFIXES", "READ_SUFFIXES", "read_image", "write_labels"]
+__all__ = ["LABEL_SUFFIXES", "READ_SUFFIXES", "file_suffix", "read_image", "write_labels"]
 
 _TIFF = (".tif", ".tiff")
 _PICTURE = (".png", ".jpg", ".jpeg", ".bmp")
 READ_SUFFIXES: tuple[str, ...] = (*_TIFF, *_PICTURE, ".npy")
 """File name extensions :func:`read_image` understands (compared case-insensitively)."""
 
-LABEL_SUFFIXES: tuple[str, ...] = (*_TIFF, ".png", ".npy")
+_ITK_WRITE = (".nii.gz", ".nii", ".nrrd", ".mha")  # volume_io.ITK_WRITE_SUFFIXES, kept in sync
+LABEL_SUFFIXES: tuple[str, ...] = (*_TIFF, ".png", ".npy", *_ITK_WRITE)
 """File name extensions :func:`write_labels` can write (compared case-insensitively)."""
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
 _UINT16_MAX = int(np.iinfo(np.uint16).max)
+
+
+def file_suffix(path: str | os.PathLike[str]) -> str:
+    """Lower-case extension of ``path``, with ``.nii.gz`` kept whole (``Path.suffix`` gives
+    ``.gz``)."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -97,18 +111,32 @@ def _load_npy(path: Path) -> np.ndarray:
         raise
 
 
-def write_labels(path: str | os.PathLike[str], labels: np.ndarray) -> Path:
+def write_labels(
+    path: str | os.PathLike[str],
+    labels: np.ndarray,
+    *,
+    geometry: VolumeGeometry | None = None,
+) -> Path:
     """Write a label image atomically (a temporary file in the same folder, then a rename).
 
     Parameters
     ----------
     path : str or os.PathLike
-        Destination. ``.tif``/``.tiff``: int32, zlib-compressed TIFF; ``.npy``: int32 NumPy
-        file; ``.png``: uint16 PNG (2D labels from 0 to 65535 only). An existing file is
-        replaced; the folder must exist.
+        Destination; the extension chooses the format. ``.tif``/``.tiff``: int32,
+        zlib-compressed TIFF; ``.npy``: int32 NumPy file; ``.png``: uint16 PNG (2D labels
+        from 0 to 65535 only); ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``: medical formats
+        (written with SimpleITK, compressed, the smallest of uint8/uint16/int32 that holds
+        the labels) carrying ``geometry``. An existing file is replaced; the folder must
+        exist.
     labels : numpy.ndarray
-        2D (or, except for PNG, 3D) integer or bool array of label values, which must fit in
-        int32.
+        Integer or bool label values that fit in int32: 2D or 3D (2D to 4D for the medical
+        formats, 2D for PNG).
+    geometry : VolumeGeometry, optional
+        The geometry of the image the labels belong to (``Volume.geometry`` from
+        :func:`napari_sam.core.volume_io.read_volume`). Medical files get its spacing (in
+        mm), origin and direction, so they overlay the image exactly in 3D Slicer, ITK-SNAP
+        or nibabel; without it they get unit spacing. TIFF, PNG and NumPy files store no
+        geometry. When given, the labels' shape must be ``geometry.shape``.
 
     Returns
     -------
@@ -118,22 +146,29 @@ def write_labels(path: str | os.PathLike[str], labels: np.ndarray) -> Path:
     Raises
     ------
     ImageError
-        For an unsupported extension, a missing folder, labels that are not integers or do
-        not fit the file type, or a failed write (no partial file is left behind).
+        For an unsupported extension, a missing folder, labels that are not integers, do not
+        fit the file type or do not match ``geometry``, or a failed write (no partial file
+        is left behind).
     """
     path = Path(path)
-    suffix = path.suffix.lower()
+    suffix = file_suffix(path)
     if suffix not in LABEL_SUFFIXES:
         raise ImageError(
             f"Cannot write labels to {path}: unsupported file type "
             f"{suffix or '(no extension)'!r} (supported: {', '.join(LABEL_SUFFIXES)})."
         )
-    data = _label_array(path, labels, png=suffix == ".png")
+    data = _label_array(path, labels, png=suffix == ".png", medical=suffix in _ITK_WRITE)
+    if geometry is not None and data.shape != geometry.shape:
+        raise ImageError(
+            f"Cannot write labels to {path}: the labels have shape {data.shape} but the image "
+            f"they belong to has shape {geometry.shape}."
+        )
     folder = path.parent
     if not folder.is_dir():
         raise ImageError(f"Cannot write labels to {path}: folder {folder} does not exist.")
 
-    tmp = folder / f".{path.stem}.{secrets.token_hex(4)}.partial{suffix}"
+    stem = path.name[: len(path.name) - len(suffix)]
+    tmp = folder / f".{stem}.{secrets.token_hex(4)}.partial{suffix}"
     try:
         # O_EXCL: never clobber another file; mode 0o666 lets the umask decide, as open() does.
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -143,6 +178,10 @@ def write_labels(path: str | os.PathLike[str], labels: np.ndarray) -> Path:
             tifffile.imwrite(tmp, data, compression="zlib")
         elif suffix == ".npy":
             np.save(tmp, data, allow_pickle=False)
+        elif suffix in _ITK_WRITE:
+            from .volume_io import write_itk_labels
+
+            write_itk_labels(tmp, data, geometry)
         else:
             import imageio.v3 as iio
 
@@ -155,15 +194,15 @@ def write_labels(path: str | os.PathLike[str], labels: np.ndarray) -> Path:
     return path
 
 
-def _label_array(path: Path, labels: np.ndarray, *, png: bool) -> np.ndarray:
+def _label_array(path: Path, labels: np.ndarray, *, png: bool, medical: bool) -> np.ndarray:
     """Return ``labels`` as the array to store (int32, or uint16 for PNG), validated."""
     arr = np.asarray(labels)
     if arr.dtype != np.bool_ and not np.issubdtype(arr.dtype, np.integer):
         raise ImageError(
             f"Cannot write labels to {path}: labels must be integers, not {arr.dtype}."
         )
-    if arr.ndim != 2 and (png or arr.ndim != 3):
-        allowed = "2D" if png else "2D or 3D"
+    allowed = "2D" if png else "2D to 4D" if medical else "2D or 3D"
+    if arr.ndim != 2 and (png or arr.ndim not in ((3, 4) if medical else (3,))):
         raise ImageError(
             f"Cannot write labels to {path}: expected {allowed} labels, got shape {arr.shape}."
         )
