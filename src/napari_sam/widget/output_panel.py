@@ -96,6 +96,10 @@ class OutputPanel(Container):
         )
         self.margins = (0, 0, 0, 0)
         self._pending: int | None = None  # generation a commit waits in, if one does
+        # Highest label id per target layer (unique_id), so that a commit does not scan a
+        # whole volume for it; dropped when the layer's data is replaced or painted. Undo and
+        # redo send no event: a value left too high only skips ids, it never reuses one.
+        self._highest: dict[Any, int] = {}
 
     # -- a commit waiting for its preview --
 
@@ -170,7 +174,11 @@ class OutputPanel(Container):
         labels = self.target_layer(image)
         check_target(labels, image)
         written = write_objects(
-            labels, preview.plane, preview.masks(), overwrite=self.overwrite.value
+            labels,
+            preview.plane,
+            preview.masks(),
+            overwrite=self.overwrite.value,
+            highest=self._highest.get(labels.unique_id),
         )
         if not written:
             host.warn(
@@ -198,6 +206,7 @@ class OutputPanel(Container):
                 for w in written
             ],
         )
+        self._remember_highest(labels, written[-1].label)
         labels.metadata = {**labels.metadata, PROVENANCE: prov}
         ids = ", ".join(str(w.label) for w in written)
         host.set_status(f"Committed label {ids} to {labels.name!r}.")
@@ -206,6 +215,19 @@ class OutputPanel(Container):
         else:
             host.preview_controller.show(None)
             host.preview_controller.prompt_version += 1  # the same preview comes back on change
+
+    def _remember_highest(self, labels: Labels, highest: int) -> None:
+        uid = labels.unique_id
+        if uid not in self._highest:
+            group = f"highest:{uid}"
+
+            def forget(*_: Any) -> None:
+                self._highest.pop(uid, None)
+                self._host.connections.disconnect(group)
+
+            for event in (labels.events.data, labels.events.paint):
+                self._host.connections.connect(group, event, forget)
+        self._highest[uid] = highest
 
     def target_layer(self, image: Image) -> Labels:
         """The chosen labels layer, or a new "SAM labels" layer over ``image``."""
