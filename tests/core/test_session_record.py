@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from napari_sam.core import session_record as sr
+from napari_sam.core import session_types
 from napari_sam.core.commits import commit_pixels, draw_objects, write_commit
 from napari_sam.core.errors import NapariSamError, SessionError
 from napari_sam.core.mask_rle import decode_mask, encode_mask
@@ -172,7 +173,8 @@ def test_image_hash_depends_on_values_shape_and_dtype_only():
 def test_image_hash_of_large_or_lazy_arrays_reads_slices(monkeypatch):
     a = np.random.default_rng(0).integers(0, 255, (5, 40, 30), dtype=np.uint8)
     whole = image_sha256(a)
-    monkeypatch.setattr(sr, "_HASH_CHUNK", 100)  # every plane is "too big" to hash at once
+    # Every plane is "too big" to hash at once.
+    monkeypatch.setattr(session_types, "_HASH_CHUNK", 100)
 
     class Lazy:  # like a dask or zarr array: indexing reads
         shape, dtype = a.shape, a.dtype

@@ -1,5 +1,17 @@
 """Exceptions raised by the core, each carrying a message meant for the user."""
 
+__all__ = [
+    "Cancelled",
+    "CheckpointError",
+    "DeviceError",
+    "ImageError",
+    "LabelIdError",
+    "NapariSamError",
+    "PromptError",
+    "SessionError",
+    "exception_line",
+]
+
 
 class NapariSamError(Exception):
     """Base class of all errors napari-sam reports to users (GUI notification, CLI line).
@@ -66,3 +78,10 @@ class LabelIdError(NapariSamError):
 
 class SessionError(NapariSamError):
     """A session file is corrupt, of an unknown or newer format, or does not fit the image."""
+
+
+def exception_line(exc: BaseException) -> str:
+    """One line describing ``exc`` for a user message: its first message line, or its type
+    name when it has no message (``FileNotFoundError()``)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

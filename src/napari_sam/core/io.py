@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError
+from .errors import ImageError, exception_line
 from .geometry import VolumeGeometry
+from .itk_io import ITK_WRITE_SUFFIXES, write_itk_labels
 
 __all__ = ["LABEL_SUFFIXES", "READ_SUFFIXES", "file_suffix", "read_image", "write_labels"]
 
@@ -26,8 +27,7 @@ _PICTURE = (".png", ".jpg", ".jpeg", ".bmp")
 READ_SUFFIXES: tuple[str, ...] = (*_TIFF, *_PICTURE, ".npy")
 """File name extensions :func:`read_image` understands (compared case-insensitively)."""
 
-_ITK_WRITE = (".nii.gz", ".nii", ".nrrd", ".mha")  # volume_io.ITK_WRITE_SUFFIXES, kept in sync
-LABEL_SUFFIXES: tuple[str, ...] = (*_TIFF, ".png", ".npy", *_ITK_WRITE)
+LABEL_SUFFIXES: tuple[str, ...] = (*_TIFF, ".png", ".npy", *ITK_WRITE_SUFFIXES)
 """File name extensions :func:`write_labels` can write (compared case-insensitively)."""
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
@@ -87,7 +87,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     except ImageError:
         raise
     except Exception as exc:  # readers raise many types; all mean "cannot decode this file"
-        reason = _reason(exc)
+        reason = exception_line(exc)
         if suffix in _PICTURE and "backend" in reason:  # imageio's wording for "no decoder"
             reason = f"not a readable {suffix[1:].upper()} image (corrupt or unsupported variant)."
         raise ImageError(f"Cannot read image {path}: {reason}") from exc
@@ -157,7 +157,7 @@ def write_labels(
             f"Cannot write labels to {path}: unsupported file type "
             f"{suffix or '(no extension)'!r} (supported: {', '.join(LABEL_SUFFIXES)})."
         )
-    data = _label_array(path, labels, png=suffix == ".png", medical=suffix in _ITK_WRITE)
+    data = _label_array(path, labels, png=suffix == ".png", medical=suffix in ITK_WRITE_SUFFIXES)
     if geometry is not None and data.shape != geometry.shape:
         raise ImageError(
             f"Cannot write labels to {path}: the labels have shape {data.shape} but the image "
@@ -178,9 +178,7 @@ def write_labels(
             tifffile.imwrite(tmp, data, compression="zlib")
         elif suffix == ".npy":
             np.save(tmp, data, allow_pickle=False)
-        elif suffix in _ITK_WRITE:
-            from .volume_io import write_itk_labels
-
+        elif suffix in ITK_WRITE_SUFFIXES:
             write_itk_labels(tmp, data, geometry)
         else:
             import imageio.v3 as iio
@@ -188,7 +186,7 @@ def write_labels(
             iio.imwrite(tmp, data, extension=".png")
         os.replace(tmp, path)
     except Exception as exc:
-        raise ImageError(f"Cannot write labels to {path}: {_reason(exc)}") from exc
+        raise ImageError(f"Cannot write labels to {path}: {exception_line(exc)}") from exc
     finally:  # also on KeyboardInterrupt; after a successful replace ``tmp`` is gone
         tmp.unlink(missing_ok=True)
     return path
@@ -221,9 +219,3 @@ def _label_array(path: Path, labels: np.ndarray, *, png: bool, medical: bool) ->
             f"Cannot write labels to {path}: labels range from {low} to {high}, beyond int32."
         )
     return arr.astype(np.int32, copy=False)
-
-
-def _reason(exc: BaseException) -> str:
-    """One line describing ``exc``: its first message line, or its type name."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

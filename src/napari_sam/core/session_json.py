@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .errors import NapariSamError, SessionError
 from .normalize import Normalization
 from .prompts import make_prompts
-from .session_record import (
+from .session_types import (
     FORMAT,
     SCHEMA_VERSION,
     AutoRunRecord,
@@ -29,10 +30,61 @@ from .session_record import (
     ModelRecord,
     ObjectRecord,
     PlaneRecord,
-    SessionRecord,
 )
 
-__all__ = ["Raw", "dumps", "entry_json", "record_from_dict", "record_to_dict"]
+__all__ = [
+    "Raw",
+    "RecordLike",
+    "SessionFields",
+    "dumps",
+    "entry_json",
+    "record_to_dict",
+    "session_from_dict",
+]
+
+
+class RecordLike(Protocol):
+    """What :func:`record_to_dict` reads of a record (a
+    :class:`~napari_sam.core.session_record.SessionRecord` or :class:`SessionFields`).
+
+    A protocol rather than the class itself, so that this module sits below
+    ``session_record`` (which uses it) instead of importing it back.
+    """
+
+    @property
+    def image(self) -> ImageIdentity: ...
+
+    @property
+    def entries(self) -> Sequence[Entry]: ...
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def created(self) -> str: ...
+
+    @property
+    def software(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class SessionFields:
+    """The contents of a session file, read and checked (see :func:`session_from_dict`).
+
+    Attributes
+    ----------
+    image : ImageIdentity
+    entries : tuple of CommitRecord and AutoRunRecord
+        In file order; each entry's plane fits ``image``.
+    session_id, created, software : str
+        As :class:`~napari_sam.core.session_record.SessionRecord` holds them.
+    """
+
+    image: ImageIdentity
+    entries: tuple[Entry, ...]
+    session_id: str
+    created: str
+    software: str
 
 
 # ------------------------------------------------------------------------------------------
@@ -118,9 +170,7 @@ def entry_json(entry: Entry) -> Raw:
     return Raw(dumps(_entry(entry), _depth=2))
 
 
-def record_to_dict(
-    record: SessionRecord, render: Callable[[Entry], Any] = _entry
-) -> dict[str, Any]:
+def record_to_dict(record: RecordLike, render: Callable[[Entry], Any] = _entry) -> dict[str, Any]:
     """Plain JSON-ready data of a record (``format`` and ``version`` first).
 
     ``render`` turns each entry into data, or into :class:`Raw` text (see :func:`entry_json`):
@@ -336,8 +386,12 @@ def _read_entry(o: _Obj) -> Entry:
     raise o.fail("kind", f"is {kind!r}, which this napari-sam does not know (commit, auto)")
 
 
-def record_from_dict(data: Any, file: str = "session") -> SessionRecord:
-    """Build a record from parsed JSON; SessionError naming the first problem."""
+def session_from_dict(data: Any, file: str = "session") -> SessionFields:
+    """Read parsed JSON into checked session contents; SessionError naming the first problem.
+
+    :meth:`SessionRecord.from_json <napari_sam.core.session_record.SessionRecord.from_json>`
+    builds the record from them.
+    """
     top = _Obj(data, "", file)
     _check_version(top)
     img = top.obj("image")
@@ -348,16 +402,18 @@ def record_from_dict(data: Any, file: str = "session") -> SessionRecord:
         rgb=img.get("rgb", _is_bool, "true or false"),
         source=img.get("source", _is_str, "a string", optional=True),
     )
-    record = SessionRecord(
+    entries = []
+    for entry in top.objs("entries"):
+        e = _read_entry(entry)
+        try:
+            e.plane.check(image.labels_shape)
+        except SessionError as err:
+            raise SessionError(f"{file} is damaged: {entry.where}: {err}") from None
+        entries.append(e)
+    return SessionFields(
         image=image,
+        entries=tuple(entries),
         session_id=top.get("session_id", _is_str, "a string"),
         created=top.get("created", _is_str, "a string"),
         software=top.get("software", _is_str, "a string"),
     )
-    for entry in top.objs("entries"):
-        e = _read_entry(entry)
-        try:
-            record.append(e)
-        except SessionError as err:
-            raise SessionError(f"{file} is damaged: {entry.where}: {err}") from None
-    return record

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ImageError
+from .errors import ImageError, exception_line
 from .geometry import VolumeGeometry, normalize_unit
 
 __all__ = ["read_tiff_volume"]
@@ -56,8 +56,6 @@ def read_tiff_volume(path: Path) -> tuple[np.ndarray, VolumeGeometry, bool]:
     """
     import tifffile
 
-    from .io import _reason
-
     if not path.is_file():
         raise ImageError(f"Cannot read image {path}: not a file.")
     try:
@@ -67,7 +65,7 @@ def read_tiff_volume(path: Path) -> tuple[np.ndarray, VolumeGeometry, bool]:
             axes = series.axes.upper()
             meta = _metadata(tif)
     except Exception as exc:  # tifffile raises many types; all mean "cannot decode this file"
-        raise ImageError(f"Cannot read image {path}: {_reason(exc)}") from exc
+        raise ImageError(f"Cannot read image {path}: {exception_line(exc)}") from exc
     if len(axes) != data.ndim:  # never seen, but the mapping below relies on it
         axes = "Q" * (data.ndim - 2) + "YX"
     order, letters, channel = _map_axes(path, axes, data.shape)

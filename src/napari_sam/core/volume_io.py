@@ -19,12 +19,10 @@ SimpleITK, tifffile and imageio are imported when first needed.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import numpy as np
 from .errors import ImageError
 from .geometry import VolumeGeometry
 from .io import READ_SUFFIXES, file_suffix, read_image
+from .itk_io import ITK_WRITE_SUFFIXES, itk_detail, itk_quiet, write_itk_labels
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -52,10 +51,6 @@ __all__ = [
 
 ITK_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 """Medical file types read with SimpleITK (besides DICOM)."""
-
-ITK_WRITE_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".nrrd", ".mha")
-"""Medical file types labels can be written to (single files, so they can be written
-atomically)."""
 
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".ima")
 """File types taken as DICOM (files without these extensions are recognised by content)."""
@@ -232,25 +227,12 @@ def check_readable(path: str | os.PathLike[str]) -> None:
         raise ImageError(f"Cannot read image {path}: not a file.")
 
 
-@contextlib.contextmanager
-def _itk_quiet() -> Iterator[Any]:
-    """SimpleITK with ITK's warnings off (they go to stderr, beside our one-line errors)."""
-    import SimpleITK as sitk
-
-    before = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield sitk
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(before)
-
-
 def _read_itk(path: Path, suffix: str) -> Volume:
     if not path.is_file():
         raise ImageError(f"Cannot read image {path}: not a file.")
     if suffix in (".nii", ".nii.gz"):
         _check_nifti_complete(path, gz=suffix == ".nii.gz")
-    with _itk_quiet() as sitk:
+    with itk_quiet() as sitk:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         try:
@@ -278,18 +260,12 @@ def _from_itk(sitk: Any, image: Any, path: Path, modality: str | None = None) ->
 def _itk_reason(exc: RuntimeError, suffix: str) -> str:
     """One line for a failed SimpleITK read (its messages start with a C++ source location)."""
     fmt = _FORMAT_NAMES.get(suffix, "DICOM")
-    detail = _itk_detail(exc)
+    detail = itk_detail(exc)
     if "Unable to determine ImageIO reader" in detail:
         return f"not a readable {fmt} file (damaged, empty or another format)."
     if "No such file" in detail:  # MetaImage's words for a data part that ended early
         detail = ""
     return f"damaged or truncated {fmt} file" + (f" ({detail})." if detail else ".")
-
-
-def _itk_detail(exc: RuntimeError) -> str:
-    """The last line of a SimpleITK error (the first ones name C++ source files)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1].removeprefix("sitk::ERROR:").strip() if lines else type(exc).__name__
 
 
 def _check_nifti_complete(path: Path, *, gz: bool) -> None:
@@ -365,7 +341,7 @@ def _gzip_length(path: Path) -> int:
 def _read_dicom(folder: Path, file: Path | None) -> Volume:
     """Read the DICOM series in ``folder`` (the one ``file`` belongs to, if given)."""
     where = file or folder
-    with _itk_quiet() as sitk:
+    with itk_quiet() as sitk:
         series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
         uid = _series_of(sitk, file) if file is not None else None
         if file is not None and uid not in series:  # a lone file, or one GDCM cannot group
@@ -427,40 +403,6 @@ def _series_of(sitk: Any, file: Path) -> str | None:
 def _clean(value: str | None) -> str | None:
     """DICOM strings are padded with spaces or NULs to an even length."""
     return (value.strip(" \x00") or None) if value is not None else None
-
-
-def write_itk_labels(path: Path, data: np.ndarray, geometry: VolumeGeometry | None) -> None:
-    """Write an integer label array to a medical file with SimpleITK, with ``geometry``.
-
-    Used by :func:`napari_sam.core.io.write_labels`, which validates ``data`` and makes the
-    write atomic. The voxel type is the smallest that holds the labels (uint8, uint16 or
-    int32), as label files usually are; the file is compressed.
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        Destination with one of :data:`ITK_WRITE_SUFFIXES`.
-    data : numpy.ndarray
-        2D to 4D integer labels shaped ``geometry.shape``.
-    geometry : VolumeGeometry or None
-        Written into the file; None gives unit spacing, zero origin and no rotation.
-    """
-    low, high = int(data.min()), int(data.max())
-    if low >= 0 and high <= np.iinfo(np.uint8).max:
-        data = data.astype(np.uint8, copy=False)
-    elif low >= 0 and high <= np.iinfo(np.uint16).max:
-        data = data.astype(np.uint16, copy=False)
-    else:
-        data = data.astype(np.int32, copy=False)
-    if geometry is None:
-        geometry = VolumeGeometry.default(data.shape)
-    with _itk_quiet() as sitk:
-        image = sitk.GetImageFromArray(np.ascontiguousarray(data), isVector=False)
-        geometry.apply_to_itk(image)
-        try:
-            sitk.WriteImage(image, str(path), True)
-        except RuntimeError as exc:  # e.g. disk full; write_labels reports it in one line
-            raise OSError(_itk_detail(exc)) from exc
 
 
 def looks_like_labels(data: np.ndarray, name: str = "") -> bool:
