@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .cli import EXIT_OK, _auto_params, _coords, _Input, _plural, _write_table
+from ._cli_common import EXIT_OK, _auto_params, _coords, _Input, _plural, _write_table
 
 
 @dataclass

@@ -19,23 +19,28 @@ Examples
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
+from ._cli_common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    _auto_params,
+    _coords,
+    _Input,
+    _plural,
+    _write_table,
+)
 
 if TYPE_CHECKING:  # imported when used, so that ``--version`` and ``--help`` stay fast
-    import numpy as np
+    pass
 
-    from .core.geometry import VolumeGeometry
-    from .core.normalize import Normalization
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 _OUTPUT_HELP = (
     "labels file: .tif, .npy, .png (2D), or .nii.gz, .nii, .nrrd, .mha, which keep the "
@@ -207,36 +212,6 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("images", type=Path, nargs="+", help="images or volumes (every slice)")
     _add_replay_parser(sub, PRECISIONS)
     return p
-
-
-@dataclass
-class _Input:
-    """An image or volume read for a command, with the normalisation of all its planes.
-
-    ``planes`` holds 2D planes (``(1, H, W[, C])`` for an image, ``(Z, H, W[, C])`` for a
-    volume, every ``(t, z)`` plane for 4D); ``norm`` is fixed once for all of them (see
-    :func:`napari_sam.core.windows.volume_normalization`), so neighbouring slices look alike
-    to SAM and slices embedded by ``embed`` are found again by ``segment``.
-    """
-
-    path: Path
-    planes: np.ndarray
-    norm: Normalization
-    rgb: bool | None
-    geometry: VolumeGeometry | None
-    is_volume: bool
-
-    @property
-    def plane_shape(self) -> tuple[int, int]:
-        return tuple(self.planes.shape[1:3])  # type: ignore[return-value]
-
-    def rgb_plane(self, index: int) -> np.ndarray:
-        """The uint8 RGB SAM input of plane ``index``."""
-        return self.norm.apply(self.planes[index], rgb=self.rgb)
-
-    def describe(self) -> str:
-        g = self.geometry
-        return g.describe() if g is not None else " x ".join(map(str, self.planes.shape[1:3]))
 
 
 def _read(args: argparse.Namespace, path: Path) -> _Input:
@@ -456,14 +431,6 @@ def _prompts(args, inp: _Input):
     return make_prompts(pts, lbl, args.box or None, image_shape=inp.plane_shape)
 
 
-def _coords(values: list[float]) -> str:
-    return ",".join(f"{v:g}" for v in values)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' * (n != 1)}"
-
-
 def _segment(args, engine, inp: _Input, prompts) -> int:
     import numpy as np
 
@@ -483,20 +450,6 @@ def _segment(args, engine, inp: _Input, prompts) -> int:
     out = write_labels(args.output, labels, geometry=inp.geometry)
     print(f"wrote {out} ({_plural(pred.n_objects, 'object')})")
     return EXIT_OK
-
-
-def _auto_params(args):
-    from .core.automatic import AutoParams
-
-    return AutoParams(
-        points_per_side=args.points_per_side,
-        points_per_batch=args.points_per_batch,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh,
-        box_nms_thresh=args.box_nms_thresh,
-        crop_n_layers=args.crop_n_layers,
-        min_size=args.min_size,
-    )
 
 
 def _auto(args, engine, inp: _Input) -> int:
@@ -521,13 +474,6 @@ def _auto(args, engine, inp: _Input) -> int:
         _write_table(args.table, result.table)
     print(f"wrote {out} ({_plural(result.n_objects, 'object')})")
     return EXIT_OK
-
-
-def _write_table(path: Path, table: dict) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(table)
-        w.writerows(zip(*table.values(), strict=True))
 
 
 def _add_replay_parser(sub, precisions: Sequence[str]) -> None:
