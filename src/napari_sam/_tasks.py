@@ -12,8 +12,8 @@ runs one job at a time through a :class:`TorchGate`, by priority: decoding a cli
 user is waiting for it), then model loading and embeddings, then automatic segmentation. A
 long job gives the gate up between its steps (encoder blocks, prompt batches: wherever it
 reports progress) when a more urgent job waits, so a click is answered within one step of
-the running job. Each job uses torch's own thread count (one per core, set once when the
-model loads: :func:`napari_sam.core.device.configure_threads`).
+the running job. Each job uses torch's default thread count (one per physical core); as only
+one runs at a time, their OpenMP teams never compete.
 """
 
 from __future__ import annotations
