@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -248,11 +248,14 @@ class Preview:
     candidate : int or None
         None: every object shows its best candidate. Otherwise the candidate index shown for
         every object that has several (objects with one candidate always show it).
+    calls : list of PromptObject
+        The SAM calls the objects came from, in order (what a session records).
     """
 
     plane: Any
     objects: list[ObjectPreview]
     candidate: int | None = None
+    calls: list[PromptObject] = field(default_factory=list)
 
     @property
     def n_candidates(self) -> int:

@@ -177,6 +177,32 @@ class AutoPanel(Container):
 
         host.runner.start("auto", "automatic segmentation", job, done)
 
+    def _record(
+        self,
+        layer: Labels,
+        plane: Plane,
+        norm: Normalization,
+        params: Any,
+        result: Any,
+        engine: Any,
+    ) -> None:
+        """Add the run to the session (for replay and autosave)."""
+        from ..core.session_record import AutoRunRecord, ModelRecord
+
+        try:
+            entry = AutoRunRecord.build(
+                target=layer.name,
+                plane=plane,
+                model=ModelRecord.from_model(engine.model),
+                normalization=norm,
+                params=params,
+                labels=result.labels,
+            )
+        except Exception as e:  # the layer exists: never lose it over a record
+            self._host.set_status(report(e, "the run could not be recorded in the session"))
+            return
+        self._host.session_panel.record_entry(entry)
+
     def _add_result(
         self,
         image: Image,
@@ -202,6 +228,7 @@ class AutoPanel(Container):
             **geometry_like(image),
         )
         layer = add_quietly(self._host.viewer, layer)
+        self._record(layer, plane, norm, params, result, engine)
         hint = (
             " Lower 'min predicted IoU' and 'min stability' to keep less certain objects."
             if result.n_objects == 0

@@ -208,6 +208,7 @@ class OutputPanel(Container):
         )
         self._remember_highest(labels, written[-1].label)
         labels.metadata = {**labels.metadata, PROVENANCE: prov}
+        self._record(labels, preview, norm, engine, written)
         ids = ", ".join(str(w.label) for w in written)
         host.set_status(f"Committed label {ids} to {labels.name!r}.")
         if self.clear_after.value:
@@ -215,6 +216,32 @@ class OutputPanel(Container):
         else:
             host.preview_controller.show(None)
             host.preview_controller.prompt_version += 1  # the same preview comes back on change
+
+    def _record(self, labels: Labels, preview: Any, norm: Any, engine: Any, written: Any) -> None:
+        """Add the commit to the session (for replay and autosave)."""
+        from ..core.session_record import CommitRecord, ModelRecord
+
+        by_object = {w.obj: w for w in written}
+        n = len(preview.objects)
+        try:
+            entry = CommitRecord.build(
+                target=labels.name,
+                plane=preview.plane,
+                overwrite=self.overwrite.value,
+                model=ModelRecord.from_model(engine.model),
+                normalization=norm,
+                prompts=[call.prompts for call in preview.calls],
+                masks=preview.masks(),
+                candidates=[preview.chosen(i) for i in range(n)],
+                scores=preview.scores(),
+                sources=[o.source for o in preview.objects],
+                labels=[by_object[i].label if i in by_object else None for i in range(n)],
+                pixels=[by_object[i].pixels if i in by_object else 0 for i in range(n)],
+            )
+        except Exception as e:  # the labels are written: never lose them over a record
+            self._host.set_status(report(e, "the commit could not be recorded in the session"))
+            return
+        self._host.session_panel.record_entry(entry)
 
     def _remember_highest(self, labels: Labels, highest: int) -> None:
         uid = labels.unique_id

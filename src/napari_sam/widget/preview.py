@@ -120,7 +120,7 @@ class PreviewController:
                     host.set_status(report(error, "the prediction failed"))
                 return
             self.preview_version = version
-            self.show(Preview(plane, result))
+            self.show(Preview(plane, result, calls=objects))
             host.output_panel.preview_ready()
 
         host.runner.start("predict", "predicting masks", job, done)

@@ -21,6 +21,7 @@ scripts, tests and docs use (``commit``, ``segment``, ``auto_segment``, ``cancel
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import napari
@@ -42,6 +43,7 @@ from .plane_embedding import PlaneEmbedder
 from .preview import PreviewController
 from .progress_panel import ProgressPanel
 from .prompt_panel import PromptPanel
+from .session_panel import SessionPanel
 from .task_runner import TaskRunner
 
 # Before anything imports torchvision (segment-anything does): see the function's notes.
@@ -102,6 +104,7 @@ class SamWidget(Container):
         self.prompt_panel = PromptPanel(self)
         self.output_panel = OutputPanel(self)
         self.auto_panel = AutoPanel(self)
+        self.session_panel = SessionPanel(self)
         self.progress_panel = ProgressPanel(self.runner, self.cancel)
         self.extend(
             [
@@ -110,6 +113,7 @@ class SamWidget(Container):
                 self.prompt_panel,
                 self.output_panel,
                 self.auto_panel,
+                self.session_panel,
                 self.progress_panel,
             ]
         )
@@ -337,6 +341,7 @@ class SamWidget(Container):
             for name in ("scale", "translate", "rotate", "shear", "affine"):
                 self._listen("image", getattr(ev, name), self._on_dims)
             self.prompt_panel.ensure_layers(image)
+        self.session_panel.image_changed(image)
         self._update_plane()
 
     def _on_image_data(self, *_: Any) -> None:
@@ -449,6 +454,14 @@ class SamWidget(Container):
     def auto_segment(self) -> None:
         """Segment every object of the current plane into a new labels layer (in a worker)."""
         self.auto_panel.run()
+
+    def save_session(self, path: str | Path) -> Path | None:
+        """Save the session of the current image (JSON, see docs/sessions.md)."""
+        return self.session_panel.save_session(path)
+
+    def load_session(self, path: str | Path) -> list[Labels]:
+        """Open a session file of the current image; its labels come back as new layers."""
+        return self.session_panel.load_session(path)
 
     def show_auto_settings(self, show: bool | None = None) -> None:
         """Expand (or collapse, or toggle when None) the automatic segmentation settings."""

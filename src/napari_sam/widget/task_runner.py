@@ -76,16 +76,19 @@ class TaskRunner:
         done: Done,
         *,
         key: Any = None,
+        uses_torch: bool = True,
     ) -> Task | None:
         """Run ``job(task)`` in a worker; ``done(task, result, error)`` gets its outcome.
 
-        A running task of the same kind is cancelled first (its late result is dropped).
-        Returns None (and starts nothing) once the runner is shut down.
+        A running task of the same kind is cancelled first (its late result is dropped). Jobs
+        that use torch take their turn at the runner's :class:`~napari_sam._tasks.TorchGate`;
+        others (hashing, saving) run alongside. Returns None (and starts nothing) once the
+        runner is shut down.
         """
         if self.closed or self.paused:
             return None
         self.cancel(kind)
-        task = Task(kind, label, key, self.gate)
+        task = Task(kind, label, key, self.gate if uses_torch else None)
         worker = create_worker(task.run, job, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda outcome: self._deliver(task, done, outcome))
         task.worker = worker
