@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_sam.core import checkpoints, registry
+from napari_sam.core import downloads, hashing, registry
 from napari_sam.core.architecture import (
     OFFICIAL_ARCHITECTURES,
     SamArchitecture,
@@ -207,8 +207,8 @@ def test_file_sha256_memo_and_invalidation(tmp_path):
     p = tmp_path / "f.bin"
     p.write_bytes(b"a" * 3_000_000)
     assert file_sha256(p) == hashlib.sha256(p.read_bytes()).hexdigest()
-    key = checkpoints._memo_key(p)
-    checkpoints._SHA_MEMO[key] = "memoised"
+    key = hashing.file_key(p)
+    hashing._MEMO[key] = {"sha256": "memoised"}
     assert file_sha256(p) == "memoised"
     p.write_bytes(b"b" * 10)  # new size / mtime: hashed again
     assert file_sha256(p) == hashlib.sha256(b"b" * 10).hexdigest()
@@ -220,7 +220,7 @@ def test_file_sha256_memo_and_invalidation(tmp_path):
 
 
 def test_download_progress_cache_and_load(mini, server, tiny_sam, monkeypatch):
-    monkeypatch.setattr(checkpoints, "_CHUNK", 64 * 1024)
+    monkeypatch.setattr(downloads, "_CHUNK", 64 * 1024)
     calls = []
     path = fetch_checkpoint("mini", progress=lambda done, total: calls.append((done, total)))
     assert path == checkpoints_dir() / FILENAME
@@ -254,7 +254,7 @@ def test_download_progress_cache_and_load(mini, server, tiny_sam, monkeypatch):
 
 def test_cache_survives_new_process_memo(mini, server):
     fetch_checkpoint("mini")
-    checkpoints._SHA_MEMO.clear()  # as in a fresh process: the cached file is re-verified
+    hashing._MEMO.clear()  # as in a fresh process: verified again (by the record on disk)
     fetch_checkpoint("mini")
     assert len(server.hits) == 1
 
@@ -322,7 +322,7 @@ def test_short_file_served(monkeypatch, mini, server, known_size):
 
 
 def test_cancel_from_progress_leaves_nothing(mini, monkeypatch):
-    monkeypatch.setattr(checkpoints, "_CHUNK", 64 * 1024)
+    monkeypatch.setattr(downloads, "_CHUNK", 64 * 1024)
 
     def progress(done, total):
         if done > 100_000:

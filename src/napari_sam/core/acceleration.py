@@ -1,10 +1,12 @@
 """The fast path: faster modules for a loaded SAM network, and its numerical precision.
 
-:func:`configure` switches a :class:`~napari_sam.core.checkpoints.LoadedModel` between the
-official ``segment_anything`` modules and napari-sam's faster subclasses of them (same
+:func:`configure` switches a :class:`~napari_sam.core.loaded_model.LoadedModel` between
+the official ``segment_anything`` modules and napari-sam's faster subclasses of them (same
 parameters, same state dict, the official weights loaded unchanged), and chooses the precision
 the image encoder runs in. :func:`~napari_sam.core.checkpoints.load_model` does this for every
-model it loads: fast modules on, precision ``"auto"``.
+model it loads: fast modules on, precision ``"auto"``. MobileSAM's TinyViT encoder
+(:mod:`napari_sam.core.tiny_vit`) is napari-sam's own inference code either way; its
+decoder and prompt encoder are SAM's and switch like ViT models' do.
 
 Precision
 ---------
@@ -43,7 +45,7 @@ from typing import TYPE_CHECKING
 from .errors import NapariSamError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoints import LoadedModel
+    from .loaded_model import LoadedModel
 
 __all__ = [
     "ENV_FAST",

@@ -26,7 +26,7 @@ from .errors import Cancelled, ImageError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .checkpoints import LoadedModel
+    from .loaded_model import LoadedModel
 
 #: ``progress(done, total)``; called from the thread doing the work.
 ProgressCallback = Callable[[int, int], None]

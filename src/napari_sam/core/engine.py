@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from segment_anything.modeling import Sam
 
-    from .checkpoints import LoadedModel
+    from .loaded_model import LoadedModel
 
 
 def upsample_logits(

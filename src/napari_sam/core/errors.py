@@ -23,3 +23,9 @@ class DeviceError(NapariSamError):
 
 class Cancelled(NapariSamError):
     """Long work was cancelled by the user."""
+
+
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """An exception's text on one line, cut to ``limit`` characters, for a user message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
