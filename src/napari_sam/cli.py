@@ -8,6 +8,7 @@ Examples
     napari-sam segment cells.tif --point 120,88 --point 40,60,0 -o one_cell.tif
     napari-sam segment cells.tif --box 10,10,60,70 --box 100,20,150,90 -o two_cells.tif
     napari-sam embed cells.tif          # precompute; later commands reuse it
+    napari-sam models                   # the models, and which are downloaded
 """
 
 from __future__ import annotations
@@ -69,11 +70,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default=None,
-        help=f"registry model: {', '.join(MODELS)} (default {DEFAULT_MODEL}; with --checkpoint, "
-        "the type is read from the file and this, if given, must match)",
+        help=f"registry model: {', '.join(MODELS)} (default {DEFAULT_MODEL}; see 'napari-sam "
+        "models'; with --checkpoint, the type is read from the file and this, if given, must "
+        "match)",
     )
     g.add_argument(
         "--checkpoint", type=Path, help="a SAM checkpoint file (official or fine-tuned)"
+    )
+    g.add_argument(
+        "--skip-pickled-objects",
+        action="store_true",
+        help="read a checkpoint that also holds pickled Python objects (e.g. a training "
+        "checkpoint), replacing them by inert stand-ins: nothing in the file runs. Only for "
+        "files from a source you trust",
     )
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N], mps")
     g.add_argument(
@@ -159,6 +168,11 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("embed", parents=[common], help="precompute image embeddings")
     e.add_argument("images", type=Path, nargs="+")
+
+    m = sub.add_parser("models", help="list the models by domain: size, downloaded or not, path")
+    m.add_argument(
+        "-v", "--verbose", action="store_true", help="also the speed class and a description"
+    )
     return p
 
 
@@ -198,6 +212,7 @@ def _engine(args: argparse.Namespace):
         progress=progress,
         fast=False if args.no_fast else None,
         precision=args.precision,
+        skip_pickled_objects=args.skip_pickled_objects,
     )
     store = None
     if not args.no_embedding_cache:
@@ -253,9 +268,38 @@ def _check_paths(args: argparse.Namespace) -> None:
             raise NapariSamError(f"cannot write {what} to {out}: it is a folder")
 
 
+def _models(args: argparse.Namespace) -> int:
+    """Print the registry grouped by domain: name, domain, size, cached, path."""
+    from .core.downloads import list_models
+    from .core.registry import format_size, models_by_domain
+
+    statuses = {s.spec.name: s for s in list_models()}
+    header = ["name", "domain", "size", "cached", "path"]
+    if args.verbose:
+        header[4:4] = ["speed", "description"]
+    rows = [header]
+    for domain, specs in models_by_domain(s.spec for s in statuses.values()).items():
+        for spec in specs:
+            status = statuses[spec.name]
+            size = format_size(spec.size_bytes)
+            if spec.size is None and spec.approx_size is not None:
+                size = "~" + size  # micro-sam publishes no sizes: that of the architecture
+            cached = "bundled" if spec.url is None else "yes" if status.cached else "no"
+            row = [spec.name, domain, size, cached, str(status.path)]
+            if args.verbose:
+                row[4:4] = [spec.speed, spec.description]
+            rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    for r in rows:
+        print("  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]))
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace) -> int:
     from .core.io import write_labels
 
+    if args.command == "models":
+        return _models(args)
     _check_paths(args)
     if args.command == "embed":
         engine = _engine(args)

@@ -38,14 +38,14 @@ DOMAINS = (
     "test",
 )
 
-#: Speed classes: how long the image encoder takes, relative to the others (CPU and GPU alike;
-#: the prompt decoder is the same small network for all).
+#: Speed classes: the image encoder's arithmetic for a 1024 x 1024 image (counted with
+#: torch.utils.flop_counter; the prompt decoder is the same small network for all).
 SPEEDS = {
     "instant": "test model: milliseconds",
-    "fast": "TinyViT encoder (MobileSAM): about 1/20 of ViT-B's arithmetic",
-    "medium": "ViT-B encoder",
-    "slow": "ViT-L encoder: about 3x ViT-B",
-    "slowest": "ViT-H encoder: about 6x ViT-B",
+    "fast": "TinyViT encoder (MobileSAM): 78 GFLOP, 1/12 of ViT-B",
+    "medium": "ViT-B encoder: 972 GFLOP",
+    "slow": "ViT-L encoder: 2986 GFLOP, 3x ViT-B",
+    "slowest": "ViT-H encoder: 5961 GFLOP, 6x ViT-B",
 }
 
 _META = "https://dl.fbaipublicfiles.com/segment_anything/"
