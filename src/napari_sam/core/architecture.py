@@ -158,8 +158,8 @@ def build_sam(arch: SamArchitecture, *, empty: bool = False) -> Sam:
     arch : SamArchitecture
         The hyper-parameters.
     empty : bool
-        Build on torch's ``meta`` device: no memory and no random initialisation (seconds for
-        ViT-B that a checkpoint would overwrite). Give the network its weights with
+        Skip the random initialisation (seconds for ViT-B, that a checkpoint would overwrite):
+        the tensors are allocated but not filled. Give the network its weights with
         :func:`assign_weights`.
 
     Returns
@@ -167,15 +167,62 @@ def build_sam(arch: SamArchitecture, *, empty: bool = False) -> Sam:
     segment_anything.modeling.Sam
         The network, with freshly initialised weights unless ``empty``.
     """
-    import torch
-
-    with torch.device("meta") if empty else nullcontext():
+    with _skip_init() if empty else nullcontext():
         sam = _build(arch)
     sam.eval()
     return sam
 
 
+#: Functions that fill tensors at construction: random or constant initialisation.
+_INIT_FUNCTIONS = frozenset(
+    {
+        "uniform_",
+        "normal_",
+        "zero_",
+        "fill_",
+        "constant_",
+        "ones_",
+        "zeros_",
+        "kaiming_uniform_",
+        "kaiming_normal_",
+        "xavier_uniform_",
+        "xavier_normal_",
+        "trunc_normal_",
+    }
+)
+_RANDOM_FACTORIES = frozenset({"randn", "rand"})
+
+
+def _skip_init():
+    """A torch function mode (this thread only) in which initialisers leave tensors unfilled.
+
+    (torch's meta device would skip the allocation too, but its random-number kernels import
+    ``torch._dynamo``: seconds of start-up, more than the allocation costs.)
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class SkipInit(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            if name in _INIT_FUNCTIONS:
+                # torch.nn.init passes its tensor by keyword, Tensor methods as self
+                target = args[0] if args else kwargs.get("tensor")
+                if isinstance(target, torch.Tensor):
+                    return target
+            if name in _RANDOM_FACTORIES and func in (torch.randn, torch.rand):
+                kwargs.pop("generator", None)
+                return torch.empty(*args, **kwargs)
+            return func(*args, **kwargs)
+
+    return SkipInit()
+
+
 def _build(arch: SamArchitecture) -> Sam:
+    from .lazy_segment_anything import prepare
+
+    prepare()  # segment_anything's network classes, without its torchvision imports
     from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     grid = arch.embedding_size
@@ -250,7 +297,7 @@ def assign_weights(sam: Sam, arch: SamArchitecture, state_dict: Mapping[str, Any
     RuntimeError
         From ``load_state_dict(strict=True)`` when the names or shapes do not fit.
     CheckpointError
-        If some tensor of the network was left without a value.
+        If the network has a tensor that neither the weights nor ``arch`` give a value.
     """
     import torch
 
@@ -271,10 +318,11 @@ def assign_weights(sam: Sam, arch: SamArchitecture, state_dict: Mapping[str, Any
     # Buffers outside the state dict (persistent=False): SAM's input normalisation.
     sam.pixel_mean = torch.tensor(arch.pixel_mean, dtype=torch.float32).view(-1, 1, 1)
     sam.pixel_std = torch.tensor(arch.pixel_std, dtype=torch.float32).view(-1, 1, 1)
-    left = [n for n, t in (*sam.named_parameters(), *sam.named_buffers()) if t.is_meta]
+    # Any other buffer outside the state dict would keep what construction left in it.
+    left = {n for n, _ in sam.named_buffers()} - set(weights) - {"pixel_mean", "pixel_std"}
     if left:
         raise CheckpointError(
-            f"{len(left)} tensors of the network got no value from the weights (e.g. {left[0]})"
+            f"{len(left)} tensors of the network get no value from the weights (e.g. {min(left)})"
         )
 
 

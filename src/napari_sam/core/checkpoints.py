@@ -11,8 +11,8 @@ Accepted containers: a plain state dict; one nested under ``"model"``, ``"state_
 ``"model_state"`` (micro-sam's training checkpoints, keys prefixed ``sam.``); a ``module.``
 prefix from DataParallel; napari-sam's own format (:func:`save_checkpoint`).
 
-The network is built without random initialisation (on torch's meta device) and takes the
-file's tensors as its parameters, so loading costs little more than reading the file.
+The network is built without random initialisation (its tensors allocated, not filled) and
+takes the file's tensors as its parameters, so loading costs little more than reading the file.
 
 ``torch`` and ``segment_anything`` are imported lazily so that importing this module is cheap.
 """

@@ -33,8 +33,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
+
+from .lazy_segment_anything import prepare
+
+prepare()  # segment_anything's network classes, without its torchvision imports
+from segment_anything.modeling.common import LayerNorm2d  # noqa: E402
 
 __all__ = ["TinyViT"]
 
