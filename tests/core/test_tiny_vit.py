@@ -319,6 +319,19 @@ def test_bf16_embedding_error_is_bounded(one_thread, make_image):
     assert 0 < rel < 0.05
 
 
+def test_auto_precision_is_fp32_for_tiny_vit(monkeypatch, one_thread):
+    """bf16 is chosen automatically only where it was measured faster: ViT encoders on AMX."""
+    from napari_sam.core import acceleration
+
+    monkeypatch.setattr(acceleration, "_cpu_has_amx_bf16", lambda: True)
+    assert acceleration.resolve_precision("auto", "cpu") == "bf16"
+    assert acceleration.resolve_precision("auto", "cpu", "tiny_vit") == "fp32"
+    assert acceleration.resolve_precision("bf16", "cpu", "tiny_vit") == "bf16"
+    model = random_model(dataclasses.replace(NARROW, image_size=256), precision="auto")
+    assert model.precision == "fp32"
+    assert configure(model, precision="bf16").precision == "bf16"
+
+
 def test_progress_and_cancel_count_every_block(pair, rgb):
     from napari_sam.core.errors import Cancelled
 

@@ -415,8 +415,8 @@ def load_model(
         )
 
     dev = resolve_device(device)
-    # Checked before anything is downloaded, like the device.
-    resolved_precision = resolve_precision(precision, dev)
+    # Checked before anything is downloaded, like the device (resolved with the encoder below).
+    resolve_precision(precision, dev)
     requested: ModelSpec | None
     if checkpoint is None:
         if model == "auto":
@@ -481,7 +481,7 @@ def load_model(
     return configure(
         loaded,
         fast=default_fast() if fast is None else fast,
-        precision=resolved_precision,
+        precision=resolve_precision(precision, dev, arch.encoder_type),
     )
 
 
