@@ -392,3 +392,81 @@ def test_console_script_version():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"napari-sam-kit {__version__}"
+
+
+# --------------------------------------------------------------------------------------------
+# napari-sam models; files holding pickled objects
+# --------------------------------------------------------------------------------------------
+
+
+def _table(out: str) -> dict[str, list[str]]:
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["name", "domain", "size", "cached", "path"]
+    # columns are separated by two or more blanks (domains contain one)
+    return {row[0]: row for row in (re.split(r"\s{2,}", line) for line in lines[1:])}
+
+
+def test_models_lists_every_model_grouped(capsys, cache):
+    from napari_sam.core.registry import DOMAINS, MODELS
+
+    code, out, err = run(capsys, "models")
+    assert code == 0, err
+    rows = _table(out)
+    assert sorted(rows) == sorted(MODELS)
+    domains = [row[1] for row in rows.values()]
+    assert domains == sorted(domains, key=DOMAINS.index)  # grouped, in menu order
+    assert rows["vit_b"] == [
+        "vit_b", "general", "375 MB", "no", str(cache / "checkpoints" / "sam_vit_b_01ec64.pth")
+    ]  # fmt: skip
+    assert rows["vit_b_lm"][1:4] == ["light microscopy", "~375 MB", "no"]
+    assert rows["vit_t"][1:3] == ["general", "~41 MB"]
+    assert rows["tiny"][1] == "test" and rows["tiny"][3] == "bundled"
+    assert Path(rows["tiny"][4]).is_file()
+
+
+def test_models_shows_what_is_downloaded(capsys, cache):
+    folder = cache / "checkpoints"
+    folder.mkdir(parents=True)
+    with open(folder / "sam_vit_b_01ec64.pth", "wb") as f:
+        f.truncate(375_042_383)  # the exact size (sparse): counted as downloaded
+    (folder / "mobile_sam.pt").write_bytes(b"x")  # size unknown to the registry
+    (folder / "sam_vit_h_4b8939.pth").write_bytes(b"x")  # wrong size: a broken download
+    rows = _table(run(capsys, "models")[1])
+    assert (rows["vit_b"][3], rows["vit_t"][3], rows["vit_h"][3]) == ("yes", "yes", "no")
+
+
+def test_models_verbose_and_cheap(capsys):
+    code, out, _ = run(capsys, "models", "-v")
+    assert code == 0
+    header = out.splitlines()[0].split()
+    assert header[4:6] == ["speed", "description"]
+    assert "MobileSAM" in out
+    code = (
+        "import sys; from napari_sam.cli import main; main(['models'])\n"
+        "assert 'torch' not in sys.modules, 'listing models imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_skip_pickled_objects_option(capsys, tmp_path, files, small_model, small_arch, cache):
+    import torch
+
+    path = tmp_path / "training.pt"
+    torch.save(
+        {
+            "napari_sam_format": 1,
+            "architecture": small_arch.to_dict(),
+            "meta": {},
+            "state_dict": small_model.sam.state_dict(),
+            "log_dir": tmp_path,  # a pathlib object: weights_only refuses it
+        },
+        path,
+    )
+    out_path = tmp_path / "one.npy"
+    argv = ["segment", files[1], "--point", "20,70", "-o", out_path, "--checkpoint", path]
+    code, out, err = run(capsys, *argv, "--device", "cpu")
+    assert_one_error_line(code, out, err, r"pickled Python objects .*--skip-pickled-objects")
+    assert not out_path.exists()
+    code, out, err = run(capsys, *argv, "--device", "cpu", "--skip-pickled-objects")
+    assert code == 0, err
+    assert out_path.is_file()

@@ -9,6 +9,7 @@ Examples
     napari-sam segment cells.tif --box 10,10,60,70 --box 100,20,150,90 -o two_cells.tif
     napari-sam embed cells.tif          # precompute; later commands reuse it
     napari-sam replay session.json -o labels.tif   # recreate a napari session's labels
+    napari-sam models                   # the models, and which are downloaded
 
     # Volumes (NIfTI, NRRD, MetaImage, DICOM, 3D TIFF): prompts are (z, row, col) voxels
     napari-sam segment scan.nii.gz --box 12,80,90,140,160 --window soft-tissue -o tumour.nii.gz
@@ -110,11 +111,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default=None,
-        help=f"registry model: {', '.join(MODELS)} (default {DEFAULT_MODEL}; with --checkpoint, "
-        "the type is read from the file and this, if given, must match)",
+        help=f"registry model: {', '.join(MODELS)} (default {DEFAULT_MODEL}; see 'napari-sam "
+        "models'; with --checkpoint, the type is read from the file and this, if given, must "
+        "match)",
     )
     g.add_argument(
         "--checkpoint", type=Path, help="a SAM checkpoint file (official or fine-tuned)"
+    )
+    g.add_argument(
+        "--skip-pickled-objects",
+        action="store_true",
+        help="read a checkpoint that also holds pickled Python objects (e.g. a training "
+        "checkpoint), replacing them by inert stand-ins: nothing in the file runs. Only for "
+        "files from a source you trust",
     )
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N], mps")
     g.add_argument(
@@ -211,6 +220,11 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("embed", parents=[common], help="precompute image embeddings")
     e.add_argument("images", type=Path, nargs="+", help="images or volumes (every slice)")
     _add_replay_parser(sub, PRECISIONS)
+
+    m = sub.add_parser("models", help="list the models by domain: size, downloaded or not, path")
+    m.add_argument(
+        "-v", "--verbose", action="store_true", help="also the speed class and a description"
+    )
     return p
 
 
@@ -276,6 +290,7 @@ def _engine(args: argparse.Namespace):
         progress=progress,
         fast=False if args.no_fast else None,
         precision=args.precision,
+        skip_pickled_objects=args.skip_pickled_objects,
     )
     store = None
     if not args.no_embedding_cache:
@@ -324,9 +339,38 @@ def _check_paths(args: argparse.Namespace) -> None:
             raise NapariSamError(f"cannot write {what} to {out}: it is a folder")
 
 
+def _models(args: argparse.Namespace) -> int:
+    """Print the registry grouped by domain: name, domain, size, cached, path."""
+    from .core.downloads import list_models
+    from .core.registry import format_size, models_by_domain
+
+    statuses = {s.spec.name: s for s in list_models()}
+    header = ["name", "domain", "size", "cached", "path"]
+    if args.verbose:
+        header[4:4] = ["speed", "description"]
+    rows = [header]
+    for domain, specs in models_by_domain(s.spec for s in statuses.values()).items():
+        for spec in specs:
+            status = statuses[spec.name]
+            size = format_size(spec.size_bytes)
+            if spec.size is None and spec.approx_size is not None:
+                size = "~" + size  # micro-sam publishes no sizes: that of the architecture
+            cached = "bundled" if spec.url is None else "yes" if status.cached else "no"
+            row = [spec.name, domain, size, cached, str(status.path)]
+            if args.verbose:
+                row[4:4] = [spec.speed, spec.description]
+            rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    for r in rows:
+        print("  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]))
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "replay":
         return _replay(args)
+    if args.command == "models":
+        return _models(args)
     _check_paths(args)
     if args.command == "embed":
         # Read every input before the model loads: a bad file is reported at once.

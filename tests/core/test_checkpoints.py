@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from loopback import LoopbackServer
 
-from napari_sam.core import checkpoints, registry
+from napari_sam.core import downloads, hashing, registry
 from napari_sam.core.architecture import (
     OFFICIAL_ARCHITECTURES,
     SamArchitecture,
@@ -77,58 +75,6 @@ def _isolated(monkeypatch, tmp_path):
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # keep test output quiet
-        pass
-
-    def do_GET(self):
-        srv = self.server
-        srv.hits.append(self.path)
-        if srv.mode == "normal":
-            return super().do_GET()
-        data = (Path(srv.root) / self.path.lstrip("/")).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        if srv.mode == "truncate":  # announces the full length, sends half, hangs up
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-        elif srv.mode == "short":  # consistently serves a short file (a broken mirror)
-            self.send_header("Content-Length", str(len(data) // 2))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-        self.close_connection = True
-
-
-class _Server:
-    def __init__(self, root: Path):
-        self.root = root
-        handler = functools.partial(_Handler, directory=str(root))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.hits = []
-        self.httpd.mode = "normal"
-        self.httpd.root = str(root)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    @property
-    def hits(self) -> list[str]:
-        return self.httpd.hits
-
-    @property
-    def mode(self) -> str:
-        return self.httpd.mode
-
-    @mode.setter
-    def mode(self, value: str) -> None:
-        self.httpd.mode = value
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server(tmp_path, tiny_file):
     root = tmp_path / "srv"
@@ -136,7 +82,7 @@ def server(tmp_path, tiny_file):
     data = tiny_file.read_bytes()
     (root / FILENAME).write_bytes(data)
     (root / "mirror" / FILENAME).write_bytes(data)
-    srv = _Server(root)
+    srv = LoopbackServer(root)
     yield srv
     srv.close()
 
@@ -207,8 +153,8 @@ def test_file_sha256_memo_and_invalidation(tmp_path):
     p = tmp_path / "f.bin"
     p.write_bytes(b"a" * 3_000_000)
     assert file_sha256(p) == hashlib.sha256(p.read_bytes()).hexdigest()
-    key = checkpoints._memo_key(p)
-    checkpoints._SHA_MEMO[key] = "memoised"
+    key = hashing.file_key(p)
+    hashing._MEMO[key] = {"sha256": "memoised"}
     assert file_sha256(p) == "memoised"
     p.write_bytes(b"b" * 10)  # new size / mtime: hashed again
     assert file_sha256(p) == hashlib.sha256(b"b" * 10).hexdigest()
@@ -220,7 +166,7 @@ def test_file_sha256_memo_and_invalidation(tmp_path):
 
 
 def test_download_progress_cache_and_load(mini, server, tiny_sam, monkeypatch):
-    monkeypatch.setattr(checkpoints, "_CHUNK", 64 * 1024)
+    monkeypatch.setattr(downloads, "_CHUNK", 64 * 1024)
     calls = []
     path = fetch_checkpoint("mini", progress=lambda done, total: calls.append((done, total)))
     assert path == checkpoints_dir() / FILENAME
@@ -254,7 +200,7 @@ def test_download_progress_cache_and_load(mini, server, tiny_sam, monkeypatch):
 
 def test_cache_survives_new_process_memo(mini, server):
     fetch_checkpoint("mini")
-    checkpoints._SHA_MEMO.clear()  # as in a fresh process: the cached file is re-verified
+    hashing._MEMO.clear()  # as in a fresh process: verified again (by the record on disk)
     fetch_checkpoint("mini")
     assert len(server.hits) == 1
 
@@ -322,7 +268,7 @@ def test_short_file_served(monkeypatch, mini, server, known_size):
 
 
 def test_cancel_from_progress_leaves_nothing(mini, monkeypatch):
-    monkeypatch.setattr(checkpoints, "_CHUNK", 64 * 1024)
+    monkeypatch.setattr(downloads, "_CHUNK", 64 * 1024)
 
     def progress(done, total):
         if done > 100_000:

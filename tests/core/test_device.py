@@ -60,3 +60,22 @@ def test_with_fake_cuda(monkeypatch):
     assert resolve_device("cuda:1") == "cuda:1"
     with pytest.raises(DeviceError, match="only 2 CUDA device"):
         resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("value", ["", "-1", " -1,0 "])
+def test_hidden_gpus_are_not_probed(monkeypatch, value):
+    def probe():
+        raise AssertionError("CUDA probed although CUDA_VISIBLE_DEVICES hides every GPU")
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    monkeypatch.setattr(torch.cuda, "is_available", probe)
+    monkeypatch.setattr(torch.version, "cuda", "12.4")  # a CUDA build, as far as we know
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(DeviceError, match=r"CUDA_VISIBLE_DEVICES=.* hides every GPU"):
+        resolve_device("cuda")
+
+
+def test_visible_gpus_are_probed(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"

@@ -25,12 +25,16 @@ import weakref
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling import common
-from segment_anything.modeling import image_encoder as ie
-from segment_anything.modeling import mask_decoder as md
-from segment_anything.modeling import prompt_encoder as pe
-from segment_anything.modeling import transformer as tr
 from torch import nn
+
+from .lazy_segment_anything import prepare
+
+prepare()  # segment_anything's network classes, without its torchvision imports
+from segment_anything.modeling import common  # noqa: E402
+from segment_anything.modeling import image_encoder as ie  # noqa: E402
+from segment_anything.modeling import mask_decoder as md  # noqa: E402
+from segment_anything.modeling import prompt_encoder as pe  # noqa: E402
+from segment_anything.modeling import transformer as tr  # noqa: E402
 
 #: Upper bound on the relative-position bias built at once (bytes). The global blocks of
 #: ViT-B need 64 MiB per head in float32; building it for two heads at a time keeps the

@@ -1,10 +1,12 @@
 """The fast path: faster modules for a loaded SAM network, and its numerical precision.
 
-:func:`configure` switches a :class:`~napari_sam.core.checkpoints.LoadedModel` between the
-official ``segment_anything`` modules and napari-sam's faster subclasses of them (same
+:func:`configure` switches a :class:`~napari_sam.core.loaded_model.LoadedModel` between
+the official ``segment_anything`` modules and napari-sam's faster subclasses of them (same
 parameters, same state dict, the official weights loaded unchanged), and chooses the precision
 the image encoder runs in. :func:`~napari_sam.core.checkpoints.load_model` does this for every
-model it loads: fast modules on, precision ``"auto"``.
+model it loads: fast modules on, precision ``"auto"``. MobileSAM's TinyViT encoder
+(:mod:`napari_sam.core.tiny_vit`) is napari-sam's own inference code either way; its
+decoder and prompt encoder are SAM's and switch like ViT models' do.
 
 Precision
 ---------
@@ -19,9 +21,11 @@ Precision
 ``"fp16"``
     Float16 autocast for the encoder; CUDA only.
 ``"auto"``
-    bf16 where it was measured faster than fp32 (3x for ViT-B) with the same masks: x86 CPUs
-    with AMX-BF16 tiles (Intel Sapphire Rapids and later). fp32 everywhere else, CUDA included
-    (not measured for this project; ask for ``"bf16"`` explicitly on recent GPUs).
+    bf16 where it was measured faster than fp32 (3x for ViT-B) with the same masks: SAM's ViT
+    encoders on x86 CPUs with AMX-BF16 tiles (Intel Sapphire Rapids and later). fp32 everywhere
+    else: on CUDA (not measured for this project; ask for ``"bf16"`` explicitly on recent GPUs)
+    and for MobileSAM's TinyViT, whose convolutions were not measured on such a CPU (on CPUs
+    without bfloat16 units they are many times slower in bf16).
 
 Environment
 -----------
@@ -43,7 +47,7 @@ from typing import TYPE_CHECKING
 from .errors import NapariSamError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoints import LoadedModel
+    from .loaded_model import LoadedModel
 
 __all__ = [
     "ENV_FAST",
@@ -82,7 +86,7 @@ def _cpu_has_amx_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str | None, device: str) -> str:
+def resolve_precision(precision: str | None, device: str, encoder_type: str = "vit") -> str:
     """Turn a precision request into the precision used on ``device``.
 
     Parameters
@@ -91,6 +95,9 @@ def resolve_precision(precision: str | None, device: str) -> str:
         One of :data:`PRECISIONS`; None means ``$NAPARI_SAM_PRECISION``, else ``"auto"``.
     device : str
         A resolved torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+    encoder_type : str
+        The image encoder (``SamArchitecture.encoder_type``): ``"auto"`` picks bf16 for
+        ``"vit"`` only.
 
     Returns
     -------
@@ -111,7 +118,8 @@ def resolve_precision(precision: str | None, device: str) -> str:
         )
     kind = device.split(":")[0]
     if req == "auto":
-        return "bf16" if kind == "cpu" and _cpu_has_amx_bf16() else "fp32"
+        measured_faster = kind == "cpu" and encoder_type == "vit" and _cpu_has_amx_bf16()
+        return "bf16" if measured_faster else "fp32"
     if req == "fp16" and kind != "cuda":
         raise NapariSamError(f"precision fp16 needs a CUDA device, not {device!r}; use bf16")
     return req
@@ -140,7 +148,9 @@ def configure(
         ``model`` itself, with ``fast`` and ``precision`` updated.
     """
     if precision is not None:
-        model.precision = resolve_precision(precision, model.device)
+        model.precision = resolve_precision(
+            precision, model.device, model.architecture.encoder_type
+        )
     if fast is not None:
         from . import _fast_modules
 

@@ -1,11 +1,13 @@
 """Choosing the torch device SAM runs on.
 
 ``torch`` is imported lazily, inside :func:`resolve_device`, so that importing this module is
-cheap.
+cheap. CUDA is not probed (driver initialisation) when ``CUDA_VISIBLE_DEVICES`` hides every
+GPU; torch itself answers at once when it was built without CUDA.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 from .errors import DeviceError
@@ -13,9 +15,22 @@ from .errors import DeviceError
 _CUDA_RE = re.compile(r"^cuda(?::(\d+))?$")
 
 
+def _hidden_by_env() -> bool:
+    """True when ``CUDA_VISIBLE_DEVICES`` is set to hide every GPU ("" or starting with -1)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return value is not None and (not value.strip() or value.strip().startswith("-1"))
+
+
+def _cuda_available(torch) -> bool:
+    return not _hidden_by_env() and torch.cuda.is_available()
+
+
 def _cuda_unavailable_reason(torch) -> str:
     if getattr(torch.version, "cuda", None) is None:
         return f"this torch build ({torch.__version__}) has no CUDA support (CPU-only torch)"
+    if _hidden_by_env():
+        value = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return f"CUDA_VISIBLE_DEVICES={value!r} hides every GPU"
     return "torch.cuda.is_available() is False (no usable GPU or driver)"
 
 
@@ -43,12 +58,12 @@ def resolve_device(device: str = "auto") -> str:
 
     req = str(device).strip().lower()
     if req == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if _cuda_available(torch) else "cpu"
     if req == "cpu":
         return "cpu"
     m = _CUDA_RE.match(req)
     if m:
-        if not torch.cuda.is_available():
+        if not _cuda_available(torch):
             raise DeviceError(
                 f"CUDA was requested ({device!r}) but {_cuda_unavailable_reason(torch)}",
                 cli_hint="use --device cpu",

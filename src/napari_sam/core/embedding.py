@@ -26,7 +26,7 @@ from .errors import Cancelled, ImageError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .checkpoints import LoadedModel
+    from .loaded_model import LoadedModel
 
 #: ``progress(done, total)``; called from the thread doing the work.
 ProgressCallback = Callable[[int, int], None]
@@ -114,16 +114,15 @@ def compute_embedding(
     ImageEmbedding
     """
     import torch
-    from segment_anything.utils.transforms import ResizeLongestSide
 
     from .acceleration import autocast
+    from .resize import resize_image
 
     check_rgb(rgb)
     sam = model.sam
     encoder = sam.image_encoder
     t0 = time.perf_counter()
-    transform = ResizeLongestSide(encoder.img_size)
-    resized = transform.apply_image(rgb)
+    resized = resize_image(rgb, encoder.img_size)
     x = torch.as_tensor(resized, device=sam.device).permute(2, 0, 1).contiguous()[None]
     input_size = (int(x.shape[-2]), int(x.shape[-1]))
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from segment_anything.modeling import Sam
 
-    from .checkpoints import LoadedModel
+    from .loaded_model import LoadedModel
 
 
 def upsample_logits(
@@ -357,11 +357,13 @@ class SamEngine:
         store: EmbeddingStore | None = None,
         fast: bool | None = None,
         precision: str | None = None,
+        skip_pickled_objects: bool = False,
     ) -> SamEngine:
         """Load a model (downloading a registry checkpoint if needed) and wrap it.
 
-        ``fast`` and ``precision`` are passed to
-        :func:`~napari_sam.core.checkpoints.load_model` (defaults: fast modules, ``"auto"``).
+        ``fast``, ``precision`` and ``skip_pickled_objects`` are passed to
+        :func:`~napari_sam.core.checkpoints.load_model` (defaults: fast modules, ``"auto"``,
+        files holding pickled objects refused).
         """
         from .checkpoints import load_model
 
@@ -372,6 +374,7 @@ class SamEngine:
             progress=progress,
             fast=fast,
             precision=precision,
+            skip_pickled_objects=skip_pickled_objects,
         )
         return cls(loaded, store=store)
 
@@ -472,7 +475,8 @@ class SamEngine:
             One object per box (points shared by all boxes), or one object for points only.
         """
         import torch
-        from segment_anything.utils.transforms import ResizeLongestSide
+
+        from .resize import resize_boxes, resize_coords
 
         if prompts is None:
             prompts = make_prompts(
@@ -485,12 +489,12 @@ class SamEngine:
         # SAM's own transform: x and y are scaled separately, by the *rounded* resized width
         # and height over the original ones, exactly as the image was resized. (One common
         # factor would shift prompts by up to half a resized pixel along the shorter side.)
-        transform = ResizeLongestSide(sam.image_encoder.img_size)
+        side = sam.image_encoder.img_size
         n_obj = prompts.n_objects
 
         point_arg = None
         if len(prompts.points):
-            xy = transform.apply_coords(prompts.sam_points(), embedding.original_size)
+            xy = resize_coords(prompts.sam_points(), embedding.original_size, side)
             coords = torch.as_tensor(xy, dtype=torch.float32, device=device)
             labels = torch.as_tensor(prompts.point_labels, device=device, dtype=torch.int)
             point_arg = (
@@ -499,7 +503,7 @@ class SamEngine:
             )
         box_arg = None
         if len(prompts.boxes):
-            xyxy = transform.apply_boxes(prompts.sam_boxes(), embedding.original_size)
+            xyxy = resize_boxes(prompts.sam_boxes(), embedding.original_size, side)
             box_arg = torch.as_tensor(xyxy, dtype=torch.float32, device=device)
         mask_arg = None
         if mask_input is not None:

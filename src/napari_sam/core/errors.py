@@ -85,3 +85,9 @@ def exception_line(exc: BaseException) -> str:
     name when it has no message (``FileNotFoundError()``)."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """An exception's text on one line, cut to ``limit`` characters, for a user message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,44 @@
+"""Where napari-sam keeps files: the user cache, its checkpoint folder, atomic-write siblings.
+
+Nothing here imports torch; every function is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["ENV_CACHE", "TMP_SUFFIX", "cache_dir", "checkpoints_dir", "temp_sibling"]
+
+#: Environment variable overriding the cache folder.
+ENV_CACHE = "NAPARI_SAM_CACHE"
+#: Suffix of the hidden temporary files written before an atomic ``os.replace``.
+TMP_SUFFIX = ".part"
+
+
+def cache_dir() -> Path:
+    """Return napari-sam's cache folder (it may not exist yet).
+
+    Returns
+    -------
+    Path
+        ``$NAPARI_SAM_CACHE`` when set and not empty, else the platform's user cache folder for
+        ``napari-sam`` (e.g. ``~/.cache/napari-sam`` on Linux).
+    """
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-sam"))
+
+
+def checkpoints_dir() -> Path:
+    """Return the folder downloaded checkpoints are kept in: ``cache_dir() / "checkpoints"``."""
+    return cache_dir() / "checkpoints"
+
+
+def temp_sibling(dest: Path) -> Path:
+    """A hidden, unique sibling of ``dest`` for writing before an atomic ``os.replace``."""
+    return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
