@@ -533,3 +533,25 @@ def test_model_id_separates_reduced_precision(mini, server):
     # apart; the official and fast float32 encoders agree and share.
     assert bf16.model_id == f"{fp32.model_id}-bf16"
     assert official.model_id == fp32.model_id
+
+
+def test_load_model_stops_between_stages_when_cancelled():
+    from napari_sam.core.checkpoints import load_model
+    from napari_sam.core.errors import Cancelled
+
+    asked = []
+
+    def cancel_at(n):
+        def cancel():
+            asked.append(1)
+            return len(asked) >= n
+
+        return cancel
+
+    for n in (1, 2, 3, 4):
+        asked.clear()
+        with pytest.raises(Cancelled, match="loading model tiny cancelled"):
+            load_model("tiny", device="cpu", cancel=cancel_at(n))
+        assert len(asked) == n  # it stopped at the n-th check, doing nothing after it
+    asked.clear()
+    assert load_model("tiny", device="cpu", cancel=lambda: False).name == "tiny"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ from .device import resolve_device
 # ENV_*, cache_dir, checkpoints_dir, fetch_checkpoint, file_sha256, LoadedModel and
 # ProgressCallback are re-exported: the public API has always offered them here.
 from .downloads import ENV_BASE_URL, ProgressCallback, fetch_checkpoint
-from .errors import CheckpointError, short_reason
+from .errors import Cancelled, CheckpointError, short_reason
 from .hashing import file_digests, file_sha256
 from .loaded_model import LoadedModel
 from .locations import ENV_CACHE, cache_dir, checkpoints_dir, temp_sibling
@@ -353,6 +353,40 @@ def _identify(path: Path) -> tuple[str, str | None]:
 # --------------------------------------------------------------------------------------------
 
 
+def _read_weights(
+    path: Path, requested: ModelSpec | None, skip_pickled_objects: bool
+) -> tuple[dict, Any, dict]:
+    """The state dict, architecture and meta of a checkpoint file, checked against the
+    requested model (CheckpointError with a one-line reason otherwise)."""
+    obj = _torch_load(path, skip_pickled_objects)
+    state_dict, arch, meta = _unpack(obj, path)
+    carries_arch = arch is not None
+    if arch is None:
+        try:
+            _, arch = infer_architecture(state_dict)
+        except CheckpointError as e:
+            raise CheckpointError(f"checkpoint {path}: {e}") from None
+        except Exception:
+            raise CheckpointError(
+                f"checkpoint {path} does not hold SAM weights (unexpected tensor names)"
+            ) from None
+    label = _arch_label(arch)
+
+    if requested is not None:
+        if requested.architecture is not None and arch != requested.architecture:
+            raise CheckpointError(
+                f"checkpoint {path} holds {label} weights but {requested.name} was requested; "
+                "name the matching model or use 'auto'"
+            )
+        if requested.architecture is None and not carries_arch:
+            raise CheckpointError(
+                f"checkpoint {path} holds {label} weights but {requested.name} was requested; "
+                "name the matching model or use 'auto'"
+            )
+
+    return state_dict, arch, meta
+
+
 def load_model(
     model: str = "vit_b",
     *,
@@ -362,6 +396,7 @@ def load_model(
     fast: bool | None = None,
     precision: str | None = None,
     skip_pickled_objects: bool = False,
+    cancel: Callable[[], bool] | None = None,
 ) -> LoadedModel:
     """Load a SAM network for inference.
 
@@ -390,6 +425,9 @@ def load_model(
         Read a file that holds pickled Python objects besides its weights, replacing the
         objects by inert stand-ins (nothing in the file runs). Off by default: such files are
         refused with a message that names this option. Only for files from a trusted source.
+    cancel : callable, optional
+        Polled between the stages (download, reading, building, hashing, moving to the
+        device); when it returns True, :class:`~napari_sam.core.errors.Cancelled` is raised.
 
     Returns
     -------
@@ -414,6 +452,10 @@ def load_model(
             precision="auto" if precision is None else precision,
         )
 
+    def check(stage: str) -> None:
+        if cancel is not None and cancel():
+            raise Cancelled(f"loading model {model} cancelled ({stage})")
+
     dev = resolve_device(device)
     # Checked before anything is downloaded, like the device (resolved with the encoder below).
     resolve_precision(precision, dev)
@@ -430,32 +472,10 @@ def load_model(
         requested = None if model == "auto" else get_spec(model)
         path = Path(checkpoint).expanduser()
 
-    obj = _torch_load(path, skip_pickled_objects)
-    state_dict, arch, meta = _unpack(obj, path)
-    carries_arch = arch is not None
-    if arch is None:
-        try:
-            _, arch = infer_architecture(state_dict)
-        except CheckpointError as e:
-            raise CheckpointError(f"checkpoint {path}: {e}") from None
-        except Exception:
-            raise CheckpointError(
-                f"checkpoint {path} does not hold SAM weights (unexpected tensor names)"
-            ) from None
+    check("reading the checkpoint")
+    state_dict, arch, meta = _read_weights(path, requested, skip_pickled_objects)
     label = _arch_label(arch)
-
-    if requested is not None:
-        if requested.architecture is not None and arch != requested.architecture:
-            raise CheckpointError(
-                f"checkpoint {path} holds {label} weights but {requested.name} was requested; "
-                "name the matching model or use 'auto'"
-            )
-        if requested.architecture is None and not carries_arch:
-            raise CheckpointError(
-                f"checkpoint {path} holds {label} weights but {requested.name} was requested; "
-                "name the matching model or use 'auto'"
-            )
-
+    check("building the network")
     try:
         sam = build_sam(arch, empty=True)  # no random initialisation: the file has the weights
     except Exception as e:
@@ -463,10 +483,11 @@ def load_model(
             f"cannot build the SAM architecture stored in {path} ({short_reason(e, 120)})"
         ) from None
     _fit_weights(sam, arch, state_dict, path, label)
-    del obj, state_dict
-
+    del state_dict
+    check("hashing the checkpoint")
     sha, registry_name = _identify(path)
     name = requested.name if requested is not None else (registry_name or "custom")
+    check("moving the model to the device")
     sam.to(dev)
     sam.eval()
     loaded = LoadedModel(

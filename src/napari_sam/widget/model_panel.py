@@ -49,23 +49,30 @@ def available_devices() -> list[str]:
 
 
 def model_choices() -> tuple[list[tuple[str, str]], str]:
-    """Model menu entries and the default model.
+    """Model menu entries, grouped by domain with size and download state, and the default.
 
     The default is ``$NAPARI_SAM_MODEL`` when it names a registered model, else the first
-    official model already downloaded, else the registry's default (downloaded on first use).
+    general-purpose model already downloaded, else the registry's default (downloaded on first
+    use).
     """
-    from ..core.checkpoints import checkpoints_dir
+    from ..core.downloads import list_models
+    from ..core.registry import format_size, models_by_domain
 
+    statuses = {s.spec.name: s for s in list_models()}
     choices = []
     default = None
-    for name, spec in MODELS.items():
-        if spec.url is None:
-            choices.append((f"{name} (bundled test model, not a real SAM)", name))
-            continue
-        cached = (checkpoints_dir() / spec.filename).is_file()
-        if cached and default is None:
-            default = name
-        choices.append((f"{name} ({'downloaded' if cached else 'downloads on first use'})", name))
+    for domain, specs in models_by_domain(s.spec for s in statuses.values()).items():
+        for spec in specs:
+            size = format_size(spec.size_bytes)
+            if spec.url is None:
+                state = "bundled test model, not a real SAM"
+            elif statuses[spec.name].cached:
+                state = f"{size}, downloaded"
+                if default is None and domain == "general":
+                    default = spec.name
+            else:
+                state = f"{size}, downloads on first use"
+            choices.append((f"{domain} · {spec.name} ({state})", spec.name))
     choices.append(("custom checkpoint file…", CUSTOM))
     wanted = os.environ.get(ENV_MODEL, "")
     if wanted in MODELS:
@@ -90,8 +97,8 @@ class ModelPanel(Container):
             label="model",
             choices=models,
             value=default_model,
-            tooltip="\n".join(f"{n}: {s.description}" for n, s in MODELS.items())
-            + "\ncustom: a SAM checkpoint file (ViT-B/L/H or napari-sam format)",
+            tooltip="\n".join(f"{n}: {s.summary()}" for n, s in MODELS.items())
+            + "\ncustom: a SAM or MobileSAM checkpoint file (or napari-sam format)",
         )
         self.checkpoint = FileEdit(
             label="checkpoint", mode="r", filter="*.pth *.pt *.bin", visible=False
@@ -220,7 +227,13 @@ class ModelPanel(Container):
             from ..core.engine import SamEngine
 
             avoid_triton_llvm_clash()  # segment-anything imports torchvision
-            model = load_model(name, checkpoint=checkpoint, device=device, progress=task.progress)
+            model = load_model(
+                name,
+                checkpoint=checkpoint,
+                device=device,
+                progress=task.progress,
+                cancel=task.is_cancelled,
+            )
             task.check("wrapping the model")
             return SamEngine(model)
 
