@@ -172,3 +172,15 @@ def test_a_job_waiting_for_the_gate_can_be_cancelled():
 def test_errors_carry_a_hint_for_the_cli_and_one_for_the_widget(error, cli, gui):
     assert str(error) == cli
     assert error.for_gui() == gui
+
+
+def test_neighbour_planes_nearest_first_inside_the_data():
+    from napari_sam._layers import Plane, neighbour_planes
+
+    plane = Plane(axes=(1, 2), index=(1, None, None), shape=(8, 9))
+    got = [p.index for p in neighbour_planes(plane, (4, 8, 9), axis=0, reach=2)]
+    assert got == [(2, None, None), (0, None, None), (3, None, None)]  # -1 is outside
+    assert neighbour_planes(plane, (4, 8, 9), axis=1, reach=2) == []  # a displayed axis
+    t = Plane(axes=(2, 3), index=(5, 0, None, None), shape=(8, 9))
+    got = [p.index for p in neighbour_planes(t, (10, 3, 8, 9), axis=0, reach=1)]
+    assert got == [(6, 0, None, None), (4, 0, None, None)]

@@ -163,6 +163,25 @@ def image_plane(
     return Plane(axes=axes, index=tuple(index), shape=(shape[axes[0]], shape[axes[1]]))
 
 
+def neighbour_planes(plane: Plane, shape: Sequence[int], axis: int, reach: int) -> list[Plane]:
+    """Planes next to ``plane`` along ``axis``, nearest first (+1, -1, +2, -2, ...).
+
+    For embedding ahead of the user (prefetch). ``shape`` is the data's spatial shape; planes
+    outside it are left out, and so is everything when ``axis`` is a displayed axis.
+    """
+    if axis in plane.axes or not 0 <= axis < plane.ndim:
+        return []
+    here = plane.index[axis]
+    out = []
+    for step in range(1, reach + 1):
+        for i in (here + step, here - step):
+            if 0 <= i < shape[axis]:
+                index = list(plane.index)
+                index[axis] = i
+                out.append(Plane(plane.axes, tuple(index), plane.shape))
+    return out
+
+
 def _to_image_plane(
     layer: Any,
     coords: np.ndarray,

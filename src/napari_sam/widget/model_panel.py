@@ -97,7 +97,7 @@ class ModelPanel(Container):
             label="model",
             choices=models,
             value=default_model,
-            tooltip="\n".join(f"{n}: {s.summary()}" for n, s in MODELS.items())
+            tooltip="\n".join(f"{n}: {s.summary}" for n, s in MODELS.items())
             + "\ncustom: a SAM or MobileSAM checkpoint file (or napari-sam format)",
         )
         self.checkpoint = FileEdit(

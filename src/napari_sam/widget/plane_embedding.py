@@ -13,12 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._layers import Plane, image_plane, level0
+from .._layers import Plane, image_plane, level0, neighbour_planes, spatial_shape
 from .._session import Generation, key_text
 from .._tasks import Task
 from ..core.errors import Cancelled, NapariSamError
 from ..core.normalize import Normalization
 from .messages import report
+
+#: How many planes on each side of the current one are embedded ahead of need.
+PREFETCH_REACH = 2
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari.layers import Image
@@ -54,6 +57,8 @@ class PlaneEmbedder:
         #: How many late results were thrown away (the image, slice, model or normalisation
         #: had changed by the time they arrived).
         self.discarded = 0
+        #: How many neighbouring planes were embedded ahead of need.
+        self.prefetched = 0
 
     def current_plane(self, image: Image) -> Plane:
         """The plane of ``image`` the viewer shows now (raises NapariSamError if none)."""
@@ -136,9 +141,60 @@ class PlaneEmbedder:
             self.embedded = Embedded(key, plane, engine, embedding, rgb, cached)
             self.status_ready()
             host.preview_controller.schedule()
+            self.prefetch()
 
         host.set_status("Computing the image embedding…")
         host.runner.start("embed", "computing image embedding", job, done, key=key)
+
+    def prefetch(self) -> None:
+        """Embed the planes next to the current one, nearest first, while nothing else runs.
+
+        Lowest priority: any other torch job cancels it (the runner's rule for background
+        work), and it is started again when that job is done. Planes already cached cost a
+        normalisation and a hash each.
+        """
+        host = self._host
+        embedded, image = self.embedded, host.image_layer()
+        if embedded is None or image is None or not embedded.plane.is_stack:
+            return
+        runner = host.runner
+        if any(runner.current(k) is not None for k in ("model", "embed", "predict", "auto")):
+            return  # they call prefetch again when they are done
+        planes = neighbour_planes(
+            embedded.plane,
+            spatial_shape(image),
+            self._scroll_axis(embedded.plane),
+            PREFETCH_REACH,
+        )
+        if not planes:
+            return
+        data, rgb_layer, engine = level0(image), bool(image.rgb), embedded.engine
+        norm = host.normalization_settings(image)
+
+        def job(task: Task) -> int:
+            computed = 0
+            for i, plane in enumerate(planes):
+                task.check()
+                rgb = norm.apply(plane.take(data), rgb=rgb_layer)
+                if engine.cached_embedding(rgb) is None:
+                    engine.embed(rgb, cancel=task.is_cancelled)
+                    computed += 1
+                task.done, task.total = i + 1, len(planes)
+            return computed
+
+        def done(task: Task, computed: Any, error: BaseException | None) -> None:
+            if error is None:
+                self.prefetched += computed
+
+        runner.start("prefetch", "embedding neighbouring planes", job, done)
+
+    def _scroll_axis(self, plane: Plane) -> int:
+        """The data axis the user moves along: the last slider used, else the first one."""
+        dims = self._host.viewer.dims
+        axis = int(dims.last_used) - (dims.ndim - plane.ndim)
+        if 0 <= axis < plane.ndim and plane.index[axis] is not None:
+            return axis
+        return next(a for a, i in enumerate(plane.index) if i is not None)
 
     def status_ready(self) -> None:
         """Say which model embedded the plane, and how fast."""

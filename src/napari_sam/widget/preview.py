@@ -122,6 +122,7 @@ class PreviewController:
             self.preview_version = version
             self.show(Preview(plane, result, calls=objects))
             host.output_panel.preview_ready()
+            planes.prefetch()  # a click cancelled it: carry on embedding ahead
 
         host.runner.start("predict", "predicting masks", job, done)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from napari.qt.threading import create_worker
 
-from .._tasks import Task, TorchGate
+from .._tasks import BACKGROUND, Task, TorchGate
 from ..core.errors import Cancelled
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,9 @@ class TaskRunner:
         """
         if self.closed or self.paused:
             return None
-        self.cancel(kind)
+        self._cancel_kinds((kind,))
+        if uses_torch and kind not in BACKGROUND:
+            self._cancel_kinds(BACKGROUND)
         task = Task(kind, label, key, self.gate if uses_torch else None)
         worker = create_worker(task.run, job, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda outcome: self._deliver(task, done, outcome))
@@ -144,7 +146,10 @@ class TaskRunner:
 
     def cancel(self, *kinds: str) -> None:
         """Cancel the current tasks of ``kinds`` (of every kind when none is given)."""
-        for kind in kinds or tuple(self._current):
+        self._cancel_kinds(kinds or tuple(self._current))
+
+    def _cancel_kinds(self, kinds: tuple[str, ...]) -> None:
+        for kind in kinds:
             task = self._current.pop(kind, None)
             if task is not None:
                 task.cancel()
