@@ -128,9 +128,10 @@ def _connection_reason(exc: BaseException) -> str:
     return short_reason(reason if isinstance(reason, BaseException) else exc, 80)
 
 
-def _download(url: str, dest: Path, spec: ModelSpec, progress: ProgressCallback | None) -> None:
-    """Download ``url`` to ``dest`` atomically, verifying size and the registry's hashes."""
-    import pooch
+def _transfer_error(
+    e: Exception, url: str, dest: Path, spec: ModelSpec, sink: _DownloadSink
+) -> CheckpointError | None:
+    """The one-line error for a failed transfer (None: not a transfer error, re-raise it)."""
     import requests
 
     manual = f"download it yourself from {url} and save it as {dest}"
@@ -141,11 +142,65 @@ def _download(url: str, dest: Path, spec: ModelSpec, progress: ProgressCallback 
         "already have",
         "folder": str(dest.parent),
     }
+    got = f"{sink.done} of {sink.total or '?'} bytes"
+    exc = requests.exceptions
+    if isinstance(e, exc.HTTPError):
+        status = e.response.status_code if e.response is not None else "?"
+        what = "not found" if status == 404 else "not available"
+        text = (
+            f"cannot download model {spec.name!r}: {url} was {what} (HTTP {status}); "
+            f"check {ENV_BASE_URL} if you set it, or {manual}"
+        )
+    elif isinstance(e, exc.ChunkedEncodingError | exc.ContentDecodingError):
+        text = (
+            f"download of {spec.filename} from {url} was cut off after {got} (truncated); "
+            f"try again, or {manual}"
+        )
+    elif isinstance(e, exc.ConnectionError) and sink.done:
+        text = (
+            f"download of {spec.filename} from {url} was interrupted after {got} "
+            f"({_connection_reason(e)}); try again, or {manual}"
+        )
+    elif isinstance(e, exc.ConnectionError):
+        text = (
+            f"cannot download model {spec.name!r}: no connection to {url} "
+            f"(offline? {_connection_reason(e)}); {manual}"
+        )
+    elif isinstance(e, exc.Timeout):
+        text = (
+            f"download of {spec.filename} from {url} timed out after {sink.done} bytes; "
+            f"try again, or {manual}"
+        )
+    elif isinstance(e, exc.RequestException):
+        text = f"cannot download model {spec.name!r} from {url} ({short_reason(e, 80)}); {manual}"
+    elif isinstance(e, _Truncated):
+        text = (
+            f"download of {spec.filename} from {url} was truncated: got {sink.done} "
+            f"of {e.expected} bytes; try again, or {manual}"
+        )
+    else:
+        return None
+    return CheckpointError(text, **hints)
+
+
+class _Truncated(Exception):
+    """Fewer bytes arrived than announced (or than the registry says)."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+def _download(url: str, dest: Path, spec: ModelSpec, progress: ProgressCallback | None) -> None:
+    """Download ``url`` to ``dest`` atomically, verifying size and the registry's hashes."""
+    import pooch
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(dest.parent)
     tmp = temp_sibling(dest)
     # SHA-256 always (napari-sam's identity of a checkpoint), plus what the registry checks.
     algorithms = list(dict.fromkeys(["sha256", *spec.hashes]))
+    sink: _DownloadSink | None = None
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, "wb") as f:
@@ -157,60 +212,12 @@ def _download(url: str, dest: Path, spec: ModelSpec, progress: ProgressCallback 
                 # byte counts must be those of the file, not of a compressed transfer
                 headers={"Accept-Encoding": "identity"},
             )
-            try:
-                downloader(url, sink, None)
-            except requests.exceptions.HTTPError as e:
-                status = e.response.status_code if e.response is not None else "?"
-                what = "not found" if status == 404 else "not available"
-                raise CheckpointError(
-                    f"cannot download model {spec.name!r}: {url} was {what} (HTTP {status}); "
-                    f"check {ENV_BASE_URL} if you set it, or {manual}",
-                    **hints,
-                ) from None
-            except (
-                requests.exceptions.ChunkedEncodingError,
-                requests.exceptions.ContentDecodingError,
-            ):
-                raise CheckpointError(
-                    f"download of {spec.filename} from {url} was cut off after "
-                    f"{sink.done} of {sink.total or '?'} bytes (truncated); "
-                    f"try again, or {manual}",
-                    **hints,
-                ) from None
-            except requests.exceptions.ConnectionError as e:
-                if sink.done:
-                    raise CheckpointError(
-                        f"download of {spec.filename} from {url} was interrupted after "
-                        f"{sink.done} of {sink.total or '?'} bytes ({_connection_reason(e)}); "
-                        f"try again, or {manual}",
-                        **hints,
-                    ) from None
-                raise CheckpointError(
-                    f"cannot download model {spec.name!r}: no connection to {url} "
-                    f"(offline? {_connection_reason(e)}); {manual}",
-                    **hints,
-                ) from None
-            except requests.exceptions.Timeout:
-                raise CheckpointError(
-                    f"download of {spec.filename} from {url} timed out after {sink.done} bytes; "
-                    f"try again, or {manual}",
-                    **hints,
-                ) from None
-            except requests.exceptions.RequestException as e:
-                raise CheckpointError(
-                    f"cannot download model {spec.name!r} from {url} "
-                    f"({short_reason(e, 80)}); {manual}",
-                    **hints,
-                ) from None
+            downloader(url, sink, None)
             f.flush()
             os.fsync(f.fileno())
         for expected_size in (sink.content_length, spec.size):
             if expected_size and sink.done < expected_size:
-                raise CheckpointError(
-                    f"download of {spec.filename} from {url} was truncated: got {sink.done} "
-                    f"of {expected_size} bytes; try again, or {manual}",
-                    **hints,
-                )
+                raise _Truncated(expected_size)
         got = sink.digests()
         for alg, want in spec.hashes.items():
             if got[alg] != want:
@@ -221,11 +228,18 @@ def _download(url: str, dest: Path, spec: ModelSpec, progress: ProgressCallback 
                     + (" (check the mirror you downloaded from)" if url != spec.url else "")
                 )
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as e:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:  # pragma: no cover - nothing more we can do
             pass
+        error = (
+            _transfer_error(e, url, dest, spec, sink)
+            if isinstance(e, Exception) and sink is not None
+            else None
+        )
+        if error is not None:
+            raise error from None
         raise
     remember(dest, got)
 
