@@ -64,7 +64,7 @@ def kept_slices(rows: dict[str, np.ndarray], key: int, params) -> set[int]:
             area, prev_area = rows["area"][k], rows["area"][prev]
             if (
                 area < max(params.min_area, 1)
-                or rows["score"][k] < params.min_score
+                or (params.min_score > 0 and rows["score"][k] < params.min_score)
                 or not params.min_area_ratio <= area / prev_area <= params.max_area_ratio
                 or rows["overlap"][k] < params.min_overlap
             ):

@@ -17,6 +17,9 @@ from napari_sam.core.propagation import (
 from napari_sam.core.stack import SliceStack
 
 SHAPE = (16, 40, 48)
+RULES_OFF = PropagationParams(
+    min_score=0.0, min_area=0, min_area_ratio=0.0, max_area_ratio=1e9, min_overlap=0.0
+)
 
 
 def reference_volume() -> np.ndarray:
@@ -187,6 +190,10 @@ def test_stops_where_the_predicted_iou_falls():
         {1: [SlicePrompt(8, box=(10, 10, 19, 23))]},
         PropagationParams(min_score=0.5),
     )
+    assert (res.table["slice_first"][0], res.table["slice_last"][0]) == (0, 15)
+    # 0 disables the rule, even for scores below 0 (an untrained model's)
+    engine, stack = setup(ref, score=lambda i, label: 0.9 if i == 8 else -0.2)
+    res = propagate(engine, stack, {1: [SlicePrompt(8, box=(10, 10, 19, 23))]}, RULES_OFF)
     assert (res.table["slice_first"][0], res.table["slice_last"][0]) == (0, 15)
 
 

@@ -84,7 +84,7 @@ class PropagationParams:
         Fraction of the box's height and width added on each side (objects grow from one
         slice to the next toward their middle).
     min_score : float
-        Stop when SAM's predicted IoU of the new mask is below this.
+        Stop when SAM's predicted IoU of the new mask is below this. 0 disables the rule.
     min_area : int
         Stop when the new mask has fewer pixels.
     min_area_ratio, max_area_ratio : float
@@ -220,7 +220,7 @@ class _Walker:
         p = self.params
         if new is None or new.area < max(p.min_area, 1):
             return "empty"
-        if new.score < p.min_score:
+        if p.min_score > 0 and new.score < p.min_score:
             return "score"
         if not p.min_area_ratio <= new.area / prev.area <= p.max_area_ratio:
             return "area"
