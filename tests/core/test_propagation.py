@@ -12,6 +12,7 @@ from napari_sam.core.propagation import (
     PROMPT_MODES,
     PropagationParams,
     SlicePrompt,
+    objects_from_prompts,
     propagate,
 )
 from napari_sam.core.stack import SliceStack
@@ -274,6 +275,7 @@ def test_progress_counts_up_to_the_total_and_cancel_stops():
         ({True: [SlicePrompt(3, box=(1, 1, 5, 5))]}, "positive integers"),
         ({1: []}, "object 1 has no prompts"),
         ({1: [SlicePrompt(16, box=(1, 1, 5, 5))]}, "slice 16 does not exist"),
+        ({1: [SlicePrompt(2.0, box=(1, 1, 5, 5))]}, "slice indices must be integers, not 2.0"),
         ({1: [SlicePrompt(3, box=(1, 1, 5, 5)), SlicePrompt(3, points=[(2, 2)])]}, "two prompts"),
         ({2: [SlicePrompt(3, points=[(50, 2)])]}, "object 2, slice 3: point"),
         ({2: [SlicePrompt(3)]}, "object 2, slice 3: add at least one positive point"),
@@ -284,6 +286,32 @@ def test_bad_prompts_get_a_clear_message(objects, message):
     engine, stack = setup(ref)
     with pytest.raises(PromptError, match=message):
         propagate(engine, stack, objects)
+
+
+def test_objects_from_command_line_prompts():
+    objects = objects_from_prompts(
+        boxes=[(3, 1, 2, 10, 12), (3, 20, 20, 30, 30), (7, 0, 0, 5, 5)],
+        points=[(3, 5, 6), (3, 25, 25, 0), (9, 4, 4, 1), (9, 8, 8, 0), (9.0, 2, 2)],
+    )
+    assert list(objects) == [1, 2, 3, 4]
+    one, two, three, four = (objects[i][0] for i in (1, 2, 3, 4))
+    assert (one.index, one.box) == (3, (1, 2, 10, 12))
+    assert one.points == ((5, 6), (25, 25)) and one.point_labels == (1, 0)  # shared on slice 3
+    assert two.points == one.points and two.box == (20, 20, 30, 30)
+    assert (three.index, three.box, three.points, three.point_labels) == (
+        7,
+        (0, 0, 5, 5),
+        (),
+        None,
+    )
+    assert (four.index, four.box) == (9, None)
+    assert four.points == ((4, 4), (8, 8), (2, 2)) and four.point_labels == (1, 0, 1)
+    with pytest.raises(PromptError, match=r"a box is \(slice, row0, col0, row1, col1\)"):
+        objects_from_prompts(boxes=[(1, 2, 3, 4)])
+    with pytest.raises(PromptError, match="a point is"):
+        objects_from_prompts(points=[(1, 2)])
+    with pytest.raises(PromptError, match=r"whole numbers, got 2\.5"):
+        objects_from_prompts(points=[(2.5, 1, 1)])
 
 
 def test_bad_params_get_a_clear_message():

@@ -245,6 +245,64 @@ class _Walker:
         return steps, end_reason
 
 
+def objects_from_prompts(
+    boxes: Sequence[Sequence[float]] = (),
+    points: Sequence[Sequence[float]] = (),
+) -> dict[int, list[SlicePrompt]]:
+    """Objects from flat prompts given as the command line takes them.
+
+    Parameters
+    ----------
+    boxes : sequence of (slice, row0, col0, row1, col1)
+        Each box is one object, with ids 1, 2, ... in the order given.
+    points : sequence of (slice, row, col) or (slice, row, col, label)
+        ``label`` 1 (positive, the default) or 0 (negative). On a slice with boxes, the
+        points are shared by its boxes (as in 2D, where points refine every box of the
+        image); on a slice without a box, its points form one more object.
+
+    Returns
+    -------
+    dict of int to list of SlicePrompt
+        For :func:`propagate`. Every object has one key slice.
+    """
+    from collections import defaultdict
+
+    by_slice: dict[int, list[tuple[float, float, int]]] = defaultdict(list)
+    for p in points:
+        if len(p) not in (3, 4):
+            raise PromptError(f"a point is (slice, row, col[, label]), got {tuple(p)}")
+        by_slice[_slice_index(p[0])].append((p[1], p[2], int(p[3]) if len(p) == 4 else 1))
+    objects: dict[int, list[SlicePrompt]] = {}
+    boxed = set()
+    for b in boxes:
+        if len(b) != 5:
+            raise PromptError(f"a box is (slice, row0, col0, row1, col1), got {tuple(b)}")
+        z = _slice_index(b[0])
+        boxed.add(z)
+        pts = by_slice.get(z, [])
+        objects[len(objects) + 1] = [_slice_prompt(z, tuple(b[1:]), pts)]
+    for z, pts in by_slice.items():
+        if z not in boxed:
+            objects[len(objects) + 1] = [_slice_prompt(z, None, pts)]
+    return objects
+
+
+def _slice_index(value: float) -> int:
+    """A slice coordinate as an int; :class:`PromptError` unless it is a whole number."""
+    if float(value) != int(value):
+        raise PromptError(f"slice indices must be whole numbers, got {value}")
+    return int(value)
+
+
+def _slice_prompt(z: int, box: tuple | None, pts: list[tuple[float, float, int]]) -> SlicePrompt:
+    return SlicePrompt(
+        z,
+        box=box,  # type: ignore[arg-type]
+        points=tuple((r, c) for r, c, _ in pts),
+        point_labels=tuple(k for _, _, k in pts) if pts else None,
+    )
+
+
 def _overlap(a: _Step, b: _Step) -> float:
     """``|a & b| / min(|a|, |b|)`` of two region masks."""
     ra, rb = a.region, b.region
@@ -272,6 +330,10 @@ def _check_objects(
         if not keys:
             raise PromptError(f"object {label} has no prompts")
         for k in keys:
+            if isinstance(k.index, bool) or not isinstance(k.index, int | np.integer):
+                raise PromptError(
+                    f"object {label}: slice indices must be integers, not {k.index!r}"
+                )
             if not 0 <= k.index < stack.n_slices:
                 raise PromptError(
                     f"object {label}: slice {k.index} does not exist along axis "
