@@ -9,8 +9,10 @@ Prompts address voxels as ``(z, row, col)``, the array order of the file (Simple
   box ask for one more object there (numbered after all boxes, by slice);
 
 and the masks are written into a label volume of the input's shape and geometry. Slices
-without prompts stay 0: carrying objects to other slices is what ``--propagate`` (issue 9,
-item 3) is for; it plugs in at :func:`_segment_volume`.
+without prompts stay 0, unless ``--propagate`` carries every object from its prompted (key)
+slices through the volume (:func:`napari_sam.core.propagation.propagate`). ``auto --3d``
+links the per-slice objects into 3D objects
+(:func:`napari_sam.core.linking.segment_volume_automatically`).
 """
 
 from __future__ import annotations
@@ -97,9 +99,9 @@ def _segment_volume(args, engine, inp: _Input, by_slice: dict[int, SlicePrompts]
     """Segment the prompted slices into a label volume of the input's shape and geometry."""
     from .core.io import write_labels
 
+    if getattr(args, "propagate", False):
+        return _propagate_volume(args, engine, inp)
     labels = np.zeros(inp.planes.shape[:3], np.int32)
-    # --propagate (issue 9, item 3) goes here: the core's propagation takes these key slices
-    # (``by_slice``: prompts and label ids per slice) and fills ``labels`` through the volume.
     n_objects = 0
     for z in sorted(by_slice):
         s = by_slice[z]
@@ -123,14 +125,68 @@ def _segment_volume(args, engine, inp: _Input, by_slice: dict[int, SlicePrompts]
     return EXIT_OK
 
 
+def _stack(inp: _Input) -> Any:
+    from .core.stack import SliceStack
+
+    return SliceStack(inp.rgb_plane, inp.planes.shape[:3], axis=0)
+
+
+def _spacing(inp: _Input) -> tuple[float, ...] | None:
+    g = inp.geometry
+    return None if g is None else tuple(g.spacing_in_mm())[-3:]
+
+
+def _progress(what: str) -> Any:
+    def progress(done: int, total: int) -> None:
+        print(f"\r{what}: {done}/{total}", end="", file=sys.stderr)
+
+    return progress
+
+
+def _propagate_volume(args, engine, inp: _Input) -> int:
+    """``segment VOLUME --propagate``: every object carried from its key slices through the
+    volume, slice by slice (each slice prompted from the previous one's mask)."""
+    from .core.io import write_labels
+    from .core.propagation import PropagationParams, objects_from_prompts, propagate
+
+    t0 = time.perf_counter()
+    objects = objects_from_prompts(boxes=args.box, points=args.point)
+    result = propagate(
+        engine,
+        _stack(inp),
+        objects,
+        PropagationParams()
+        if args.min_score is None
+        else PropagationParams(min_score=args.min_score),
+        spacing=_spacing(inp),
+        progress=_progress("propagating"),
+    )
+    print(f"\rpropagated in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    table = result.table
+    for i, label in enumerate(table["label"]):
+        volume = table.get("volume")
+        mm3 = "" if volume is None else f", {float(volume[i]):.1f} mm^3"
+        print(
+            f"object {int(label)}: slices {int(table['slice_first'][i])}-"
+            f"{int(table['slice_last'][i])}, {int(table['voxels'][i])} voxels{mm3}",
+            file=sys.stderr,
+        )
+    out = write_labels(args.output, result.labels, geometry=inp.geometry)
+    print(f"wrote {out} ({_plural(len(table['label']), 'object')}, propagated)")
+    return EXIT_OK
+
+
 def _auto_volume(args, engine, inp: _Input) -> int:
     """Automatic segmentation of every slice; label ids are unique through the volume.
 
-    Objects are not linked across slices (the same nucleus gets one id per slice): linking
-    them into 3D objects is ``auto --3d`` (issue 9, item 5), which goes here.
+    Without ``--3d`` objects are not linked across slices (the same nucleus gets one id per
+    slice); with it they are linked into 3D objects (tracks on a time series).
     """
     from .core.automatic import segment_automatically
     from .core.io import write_labels
+
+    if getattr(args, "three_d", False):
+        return _auto_volume_3d(args, engine, inp)
 
     params = _auto_params(args)
     n = len(inp.planes)
@@ -160,4 +216,30 @@ def _auto_volume(args, engine, inp: _Input) -> int:
     if args.table:
         _write_table(args.table, {k: np.concatenate([t[k] for t in tables]) for k in tables[0]})
     print(f"wrote {out} ({_plural(int(labels.max()), 'object')} on {_plural(n, 'slice')})")
+    return EXIT_OK
+
+
+def _auto_volume_3d(args, engine, inp: _Input) -> int:
+    """``auto VOLUME --3d``: per-slice objects linked into 3D objects with one id each."""
+    from .core.io import write_labels
+    from .core.linking import segment_volume_automatically
+
+    t0 = time.perf_counter()
+    result = segment_volume_automatically(
+        engine,
+        _stack(inp),
+        _auto_params(args),
+        spacing=_spacing(inp),
+        progress=_progress("automatic segmentation (3D)"),
+    )
+    n = len(inp.planes)
+    print(
+        f"\rautomatic segmentation (3D): {n} slices done in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
+    out = write_labels(args.output, result.labels, geometry=inp.geometry)
+    if args.table:
+        _write_table(args.table, result.table)
+    n_obj = len(np.setdiff1d(np.unique(result.labels), [0]))
+    print(f"wrote {out} ({_plural(n_obj, 'object')} linked through {_plural(n, 'slice')})")
     return EXIT_OK

@@ -194,6 +194,12 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--box-nms-thresh", type=float, default=d.box_nms_thresh)
     a.add_argument("--crop-n-layers", type=int, default=d.crop_n_layers)
     a.add_argument("--min-size", type=int, default=d.min_size, help="drop smaller objects (px)")
+    a.add_argument(
+        "--3d",
+        dest="three_d",
+        action="store_true",
+        help="volumes: link the objects of all slices into 3D objects (tracks over time)",
+    )
 
     s = sub.add_parser("segment", parents=[common], help="segment objects from points and boxes")
     s.add_argument("image", type=Path, help="image or volume")
@@ -214,6 +220,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="[Z,]ROW0,COL0,ROW1,COL1",
         help="a box around one object; several boxes give several objects; Z (volumes) is "
         "the slice. Repeatable",
+    )
+    s.add_argument(
+        "--propagate",
+        action="store_true",
+        help="volumes: carry every object from its prompted slices through the volume",
+    )
+    s.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="with --propagate: stop where SAM's predicted IoU falls below this (default: "
+        "see docs/volumes.md; lower it for models whose scores run low)",
     )
     s.add_argument("-o", "--output", type=Path, required=True, help=_OUTPUT_HELP)
 
@@ -384,6 +402,12 @@ def _run(args: argparse.Namespace) -> int:
     # the command line are reported at once, not after a download or a model load.
     inp = _read(args, args.image)
     _check_output_for(args, inp)
+    flag = "--propagate" if getattr(args, "propagate", False) else None
+    flag = "--3d" if getattr(args, "three_d", False) else flag
+    if flag and not inp.is_volume:
+        from .core.errors import ImageError
+
+        raise ImageError(f"{flag} needs a volume or a stack, but {inp.path} is one 2D image")
     from ._cli_volume import _auto_volume, _segment_volume, _volume_prompts
 
     if args.command == "segment":

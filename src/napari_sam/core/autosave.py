@@ -56,7 +56,7 @@ _SUFFIX = ".npz"
 
 def autosave_dir() -> Path:
     """The folder autosaves live in: ``cache_dir() / "autosave"`` (it may not exist yet)."""
-    from .checkpoints import cache_dir
+    from .locations import cache_dir
 
     return cache_dir() / "autosave"
 
@@ -327,7 +327,7 @@ def prune_autosaves(
     list of Path
         The files deleted.
     """
-    from .checkpoints import _remove_stale_temps
+    from .locations import remove_stale_temps
 
     root = Path(folder) if folder is not None else autosave_dir()
     kept = {Path(p).resolve() for p in keep}
@@ -354,5 +354,5 @@ def prune_autosaves(
         _remove_if_empty(p.parent)
     for sub in {p.parent for p in files}:
         if sub.is_dir():
-            _remove_stale_temps(sub)
+            remove_stale_temps(sub)
     return removed

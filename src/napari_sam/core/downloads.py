@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 from .errors import CheckpointError, short_reason
 from .hashing import file_digests, new_hasher, remember
-from .locations import TMP_SUFFIX, checkpoints_dir, temp_sibling
+from .locations import checkpoints_dir, remove_stale_temps, temp_sibling
 from .registry import MODELS, ModelSpec, get_spec
 
 __all__ = ["ENV_BASE_URL", "ModelStatus", "ProgressCallback", "fetch_checkpoint", "list_models"]
@@ -37,24 +36,8 @@ ENV_BASE_URL = "NAPARI_SAM_BASE_URL"
 ProgressCallback = Callable[[int, int], None]
 
 _CHUNK = 1 << 20  # 1 MiB
-_STALE_TMP_SECONDS = 24 * 3600
 _TIMEOUT = (15, 60)  # seconds: connect, read (between two chunks)
 _ALG_NAMES = {"sha256": "SHA-256", "xxh128": "xxh128"}
-
-
-def _remove_stale_temps(folder: Path) -> None:
-    """Delete temporary files left by downloads killed more than a day ago."""
-    now = time.time()
-    try:
-        candidates = list(folder.glob(f".*{TMP_SUFFIX}"))
-    except OSError:  # pragma: no cover - unreadable folder
-        return
-    for p in candidates:
-        try:
-            if now - p.stat().st_mtime > _STALE_TMP_SECONDS:
-                p.unlink()
-        except OSError:  # pragma: no cover - raced with another process
-            pass
 
 
 class _DownloadSink:
@@ -196,7 +179,7 @@ def _download(url: str, dest: Path, spec: ModelSpec, progress: ProgressCallback 
     import pooch
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(dest.parent)
+    remove_stale_temps(dest.parent)
     tmp = temp_sibling(dest)
     # SHA-256 always (napari-sam's identity of a checkpoint), plus what the registry checks.
     algorithms = list(dict.fromkeys(["sha256", *spec.hashes]))

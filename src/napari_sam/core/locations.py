@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 
-__all__ = ["ENV_CACHE", "TMP_SUFFIX", "cache_dir", "checkpoints_dir", "temp_sibling"]
+__all__ = [
+    "ENV_CACHE",
+    "TMP_SUFFIX",
+    "cache_dir",
+    "checkpoints_dir",
+    "remove_stale_temps",
+    "temp_sibling",
+]
 
 #: Environment variable overriding the cache folder.
 ENV_CACHE = "NAPARI_SAM_CACHE"
@@ -42,3 +50,23 @@ def checkpoints_dir() -> Path:
 def temp_sibling(dest: Path) -> Path:
     """A hidden, unique sibling of ``dest`` for writing before an atomic ``os.replace``."""
     return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+
+
+#: Temporary files older than this (seconds) were left by killed processes.
+STALE_TMP_SECONDS = 24 * 3600
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete temporary files (:func:`temp_sibling`) left in ``folder`` by processes killed
+    more than a day ago."""
+    now = time.time()
+    try:
+        candidates = list(folder.glob(f".*{TMP_SUFFIX}"))
+    except OSError:  # pragma: no cover - unreadable folder
+        return
+    for p in candidates:
+        try:
+            if now - p.stat().st_mtime > STALE_TMP_SECONDS:
+                p.unlink()
+        except OSError:  # pragma: no cover - raced with another process
+            pass

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SessionError
+from .locations import temp_sibling
 from .session_json import dumps, entry_json, record_to_dict, session_from_dict
 from .session_types import (
     FORMAT,
@@ -158,9 +159,7 @@ def atomic_write(path: Path, data: bytes | None = None, writer: Any = None) -> N
     the same folder, are flushed to disk, and only then renamed onto ``path``. On any error
     the temporary file is removed and ``path`` is left as it was.
     """
-    from .checkpoints import _temp_path
-
-    tmp = _temp_path(path)
+    tmp = temp_sibling(path)
     try:
         with open(tmp, "xb") as f:
             if writer is not None:
