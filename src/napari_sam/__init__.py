@@ -13,7 +13,7 @@ try:
     # Written at build and install time by setuptools-scm from the git tag (pyproject.toml).
     from ._version import __version__
 except ImportError:  # a source tree that was never built or installed (e.g. on PYTHONPATH)
-    #: Also setuptools-scm's ``fallback_version`` (pyproject.toml): one answer for "unknown".
-    __version__ = "0.0.0+unknown"
+    #: setuptools-scm's ``fallback_version`` (pyproject.toml), the answer when there is none.
+    __version__ = "0.0.0"
 
 __all__ = ["__version__"]
