@@ -110,6 +110,16 @@ def test_extras_bring_napari_with_a_qt_binding(extra):
     assert napari and napari[0].extras & {"all", "qt"}, f"[{extra}] must install napari with Qt"
 
 
+def test_testing_extra_can_build_without_isolation():
+    """tests/test_wheel.py builds with ``--no-isolation``: the build needs must be installed."""
+    testing = {
+        Requirement(r).name: Requirement(r) for r in PROJECT["optional-dependencies"]["testing"]
+    }
+    for need in map(Requirement, PYPROJECT["build-system"]["requires"]):
+        assert need.name in testing, f"add {need} to the testing extra"
+        assert testing[need.name].specifier == need.specifier, f"{need} in both places"
+
+
 def test_dev_extra_includes_testing():
     dev = [Requirement(r) for r in PROJECT["optional-dependencies"]["dev"]]
     assert any(r.name == PROJECT["name"] and "testing" in r.extras for r in dev)
