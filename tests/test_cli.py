@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -385,10 +387,11 @@ def test_version_in_process(capsys):
 
 
 def test_console_script_version():
-    script = Path(sys.executable).with_name("napari-sam")
-    assert script.is_file(), "the napari-sam console script is not installed"
+    # Scripts live beside the interpreter in a venv, in Scripts/ of a Windows installation.
+    script = shutil.which("napari-sam", path=sysconfig.get_path("scripts"))
+    assert script, "the napari-sam console script is not installed"
     done = subprocess.run(
-        [str(script), "--version"], capture_output=True, text=True, timeout=120, check=False
+        [script, "--version"], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"napari-sam-kit {__version__}"

@@ -9,6 +9,11 @@ The package is split in three layers:
 - the napari layer (widgets, manifest contributions).
 """
 
-__version__ = "0.1.0"
+try:
+    # Written at build and install time by setuptools-scm from the git tag (pyproject.toml).
+    from ._version import __version__
+except ImportError:  # a source tree that was never built or installed (e.g. on PYTHONPATH)
+    #: setuptools-scm's ``fallback_version`` (pyproject.toml), the answer when there is none.
+    __version__ = "0.0.0"
 
 __all__ = ["__version__"]
