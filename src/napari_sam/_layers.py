@@ -182,6 +182,24 @@ def neighbour_planes(plane: Plane, shape: Sequence[int], axis: int, reach: int) 
     return out
 
 
+def to_data_coords(
+    layer: Any, coords: np.ndarray, image: Any, world_point: Sequence[float]
+) -> np.ndarray:
+    """(N, image.ndim) data coordinates in ``image`` of ``layer``'s data coordinates.
+
+    A prompt layer with fewer dimensions than the world is broadcast along the missing ones
+    (as napari draws it): the world point fills them.
+    """
+    world_ndim = len(world_point)
+    out = np.zeros((len(coords), image.ndim), float)
+    for n, p in enumerate(np.asarray(coords, float)):
+        world = np.array(world_point, float)
+        w = np.asarray(layer.data_to_world(p), float)
+        world[world_ndim - len(w) :] = w
+        out[n] = np.asarray(image.world_to_data(world), float)
+    return out
+
+
 def _to_image_plane(
     layer: Any,
     coords: np.ndarray,
@@ -191,25 +209,18 @@ def _to_image_plane(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Map ``layer`` data coordinates to (row, col) of ``plane``; flag those on the plane.
 
-    A prompt layer with fewer dimensions than the world is broadcast along the missing ones
-    (as napari draws it): it lies on every plane there.
+    A prompt layer with fewer dimensions than the world lies on every plane along the
+    missing dimensions.
     """
-    world_ndim = len(world_point)
-    image_offset = world_ndim - image.ndim
-    first_layer_axis = world_ndim - layer.ndim
-    rc = np.zeros((len(coords), 2), float)
+    image_offset = len(world_point) - image.ndim
+    first_layer_axis = len(world_point) - layer.ndim
+    d = to_data_coords(layer, coords, image, world_point)
+    rc = d[:, list(plane.axes)] if len(d) else np.zeros((0, 2))
     on = np.ones(len(coords), bool)
-    for n, p in enumerate(np.asarray(coords, float)):
-        world = np.array(world_point, float)
-        w = np.asarray(layer.data_to_world(p), float)
-        world[world_ndim - len(w) :] = w
-        d = np.asarray(image.world_to_data(world), float)
-        rc[n] = d[plane.axes[0]], d[plane.axes[1]]
-        for axis, i in enumerate(plane.index):
-            if i is None or axis + image_offset < first_layer_axis:
-                continue
-            if round(float(d[axis])) != i:
-                on[n] = False
+    for axis, i in enumerate(plane.index):
+        if i is None or axis + image_offset < first_layer_axis:
+            continue
+        on &= np.round(d[:, axis]) == i
     return rc, on
 
 
@@ -454,7 +465,7 @@ def write_objects(
         highest,
         len(shown),
         target=f"the labels layer {labels.name!r}",
-        hint=_wider_type_hint(highest + len(shown)),
+        hint=wider_type_hint(highest + len(shown)),
     )
     lut = np.zeros(len(masks), data.dtype)
     written = []
@@ -467,7 +478,7 @@ def write_objects(
     return written
 
 
-def _wider_type_hint(largest: int) -> str:
+def wider_type_hint(largest: int) -> str:
     """What a GUI user can do when ids up to ``largest`` do not fit the target layer."""
     wider = "int32" if largest <= np.iinfo(np.int32).max else "int64"
     return (

@@ -25,7 +25,15 @@ from typing import Any
 from .core.errors import Cancelled
 
 #: Priorities of the kinds of work (lower runs first).
-PRIORITY: dict[str, int] = {"predict": 0, "model": 1, "embed": 1, "auto": 2, "prefetch": 3}
+PRIORITY: dict[str, int] = {
+    "predict": 0,
+    "model": 1,
+    "embed": 1,
+    "propagate": 1,
+    "auto": 2,
+    "auto3d": 2,
+    "prefetch": 3,
+}
 #: Kinds of work done only ahead of need: any other torch job cancels them (they hold the
 #: engine's lock while encoding, so they could not give way within a step).
 BACKGROUND = ("prefetch",)

@@ -163,7 +163,7 @@ class PlaneEmbedder:
         planes = neighbour_planes(
             embedded.plane,
             spatial_shape(image),
-            self._scroll_axis(embedded.plane),
+            self.scroll_axis(embedded.plane),
             PREFETCH_REACH,
         )
         if not planes:
@@ -188,7 +188,7 @@ class PlaneEmbedder:
 
         runner.start("prefetch", "embedding neighbouring planes", job, done)
 
-    def _scroll_axis(self, plane: Plane) -> int:
+    def scroll_axis(self, plane: Plane) -> int:
         """The data axis the user moves along: the last slider used, else the first one."""
         dims = self._host.viewer.dims
         axis = int(dims.last_used) - (dims.ndim - plane.ndim)

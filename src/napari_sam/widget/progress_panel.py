@@ -12,7 +12,7 @@ from .._tasks import Task
 from .task_runner import TaskRunner
 
 #: Kinds of task shown with a bar (a click's prediction is too short to show).
-SHOWN = ("auto", "model", "embed")
+SHOWN = ("auto", "auto3d", "propagate", "model", "embed")
 #: The bar counts in thousandths: Qt's progress bars hold 32-bit ints, and byte counts of
 #: large downloads (vit_h: 2.6e9) do not fit.
 STEPS = 1000

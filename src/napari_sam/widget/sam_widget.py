@@ -45,6 +45,7 @@ from .progress_panel import ProgressPanel
 from .prompt_panel import PromptPanel
 from .session_panel import SessionPanel
 from .task_runner import TaskRunner
+from .volume_panel import VolumePanel
 
 # Before anything imports torchvision (segment-anything does): see the function's notes.
 avoid_triton_llvm_clash()
@@ -104,6 +105,7 @@ class SamWidget(Container):
         self.prompt_panel = PromptPanel(self)
         self.output_panel = OutputPanel(self)
         self.auto_panel = AutoPanel(self)
+        self.volume_panel = VolumePanel(self)
         self.session_panel = SessionPanel(self)
         self.progress_panel = ProgressPanel(self.runner, self.cancel)
         self.extend(
@@ -113,6 +115,7 @@ class SamWidget(Container):
                 self.prompt_panel,
                 self.output_panel,
                 self.auto_panel,
+                self.volume_panel,
                 self.session_panel,
                 self.progress_panel,
             ]
@@ -342,6 +345,7 @@ class SamWidget(Container):
                 self._listen("image", getattr(ev, name), self._on_dims)
             self.prompt_panel.ensure_layers(image)
         self.session_panel.image_changed(image)
+        self.volume_panel.visible = image is not None and image.ndim - bool(image.rgb) > 2
         self._update_plane()
 
     def _on_image_data(self, *_: Any) -> None:
@@ -462,6 +466,14 @@ class SamWidget(Container):
     def load_session(self, path: str | Path) -> list[Labels]:
         """Open a session file of the current image; its labels come back as new layers."""
         return self.session_panel.load_session(path)
+
+    def propagate(self) -> None:
+        """Carry every prompted object through the stack from its key slice(s) (a worker)."""
+        self.volume_panel.propagate()
+
+    def auto_segment_3d(self) -> None:
+        """Automatic segmentation of every slice, linked through the stack (a worker)."""
+        self.volume_panel.auto_segment_3d()
 
     def show_auto_settings(self, show: bool | None = None) -> None:
         """Expand (or collapse, or toggle when None) the automatic segmentation settings."""
