@@ -79,3 +79,22 @@ def test_visible_gpus_are_probed(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda"
+
+
+def test_thread_count_from_the_environment(monkeypatch):
+    import torch
+
+    from napari_sam.core.device import configure_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("NAPARI_SAM_THREADS", "1")
+        assert configure_threads() == 1 == torch.get_num_threads()
+        monkeypatch.delenv("NAPARI_SAM_THREADS")
+        assert configure_threads() == torch.get_num_threads() == 1  # unset: left as it is
+        for bad in ("0", "two", "-3"):
+            monkeypatch.setenv("NAPARI_SAM_THREADS", bad)
+            with pytest.raises(DeviceError, match="not a positive number of threads"):
+                configure_threads()
+    finally:
+        torch.set_num_threads(before)

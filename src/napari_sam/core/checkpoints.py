@@ -34,7 +34,7 @@ from .architecture import (
     build_sam,
     infer_architecture,
 )
-from .device import resolve_device
+from .device import configure_threads, resolve_device
 
 # ENV_*, cache_dir, checkpoints_dir, fetch_checkpoint, file_sha256, LoadedModel and
 # ProgressCallback are re-exported: the public API has always offered them here.
@@ -457,6 +457,7 @@ def load_model(
             raise Cancelled(f"loading model {model} cancelled ({stage})")
 
     dev = resolve_device(device)
+    configure_threads()
     # Checked before anything is downloaded, like the device (resolved with the encoder below).
     resolve_precision(precision, dev)
     requested: ModelSpec | None

@@ -90,3 +90,38 @@ def resolve_device(device: str = "auto") -> str:
             )
         return "mps"
     raise DeviceError(f"unknown device {device!r}; use one of auto, cpu, cuda, cuda:N, mps")
+
+
+#: Environment variable setting how many threads torch uses on the CPU (default: torch's own
+#: choice, one per physical core).
+ENV_THREADS = "NAPARI_SAM_THREADS"
+
+
+def configure_threads() -> int:
+    """Apply ``$NAPARI_SAM_THREADS`` to torch (when set) and return the thread count in use.
+
+    Called when a model loads. Without the variable torch keeps its default (one thread per
+    physical core), which is fastest on an otherwise idle machine; on a busy one fewer threads
+    can be faster (docs/performance.md, "Threads").
+
+    Raises
+    ------
+    DeviceError
+        When the variable is not a positive integer.
+    """
+    import torch
+
+    value = os.environ.get(ENV_THREADS, "").strip()
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise DeviceError(
+                f"{ENV_THREADS}={value!r} is not a positive number of threads; unset it to use "
+                "torch's default"
+            )
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+    return torch.get_num_threads()
