@@ -274,3 +274,23 @@ def test_tiny_model_click_curve_and_why_it_does_not_refine(tiny_engine, scenes):
     assert on.miou()[1:].mean() < off.miou()[1:].mean() - 0.1, (on.miou(), m)
     default = _curves(tiny_engine, scenes[:1], clicks=2)
     np.testing.assert_array_equal(default.ious, off.ious[:6, :2])
+
+
+def test_next_click_equals_the_whole_image_distance_transform():
+    # The simulator computes depths inside each error region's box only; the answer must be
+    # the one of the plain definition on the whole image.
+    from scipy import ndimage as ndi
+
+    def plain(pred, ref):
+        depth = [ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
+                 for m in (ref & ~pred, pred & ~ref)]  # fmt: skip
+        positive = depth[0].max() > depth[1].max()
+        r, c = np.unravel_index(np.argmax(depth[0] if positive else depth[1]), ref.shape)
+        return Click(int(r), int(c), bool(positive))
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ref = ndi.binary_opening(rng.random(SHAPE) < rng.uniform(0.3, 0.9))
+        pred = ndi.binary_opening(rng.random(SHAPE) < rng.uniform(0.3, 0.9))
+        if (ref != pred).any():
+            assert next_click(pred, ref) == plain(pred, ref)

@@ -73,7 +73,15 @@ class Click:
 
 def _depth(region: np.ndarray, clicked: np.ndarray | None) -> np.ndarray:
     """Distance of each pixel of ``region`` to its border (the image border counts)."""
-    dist = ndi.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    dist = np.zeros(region.shape)
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    if len(rows) == 0:
+        return dist
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    # Only the region's box plus a ring of 1 (zeros: outside it, or past the image border):
+    # the nearest zero of a pixel in the box is never farther than that ring.
+    ring = np.pad(region, 1)[r0 : r1 + 2, c0 : c1 + 2]
+    dist[r0:r1, c0:c1] = ndi.distance_transform_edt(ring)[1:-1, 1:-1]
     if clicked is not None:
         dist[clicked] = 0.0
     return dist
