@@ -156,7 +156,7 @@ def run_evaluate(
     """
     from .core.clicks import reference_objects
     from .core.errors import NapariSamError
-    from .core.refinement import refines_by_default
+    from .core.refinement import uses_mask_prompts
     from .core.volume_io import check_readable
 
     check_readable(args.image)
@@ -173,7 +173,7 @@ def run_evaluate(
             "(labels > 0); lower --min-area or check the file"
         )
     engine = make_engine(args)
-    refine = refines_by_default(engine.model) if args.refinement == "auto" else (
+    refine = uses_mask_prompts(engine.model) if args.refinement == "auto" else (
         args.refinement == "on"
     )  # fmt: skip
     first = "box" if args.box_first else "click"

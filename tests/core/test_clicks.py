@@ -267,7 +267,7 @@ def test_tiny_model_click_curve_and_why_it_does_not_refine(tiny_engine, scenes):
     m = off.miou()
     assert m[0] >= TINY_MIOU_1 and m[-1] >= TINY_MIOU_4, m
     # The tiny model never saw a mask prompt in training: refining makes it worse, which is
-    # why the registry turns refinement off for it (ModelSpec.refines). Retrained with mask
+    # why the registry turns refinement off for it (ModelSpec.mask_prompts). Retrained with mask
     # prompts, this would fail: then measure again and flip the flag.
     on = _curves(tiny_engine, scenes, clicks=4, refine=True)
     np.testing.assert_array_equal(on.ious[:, 0], off.ious[:, 0])  # click 1: no previous mask

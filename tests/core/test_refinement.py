@@ -91,6 +91,9 @@ def test_a_starting_mask_is_used_when_not_a_follow_up(engine, emb):
     pred = refinement.predict(engine, emb, p, initial=start)
     expected = engine.predict(emb, p, mask_input=start, multimask=False)
     torch.testing.assert_close(pred.low_res_logits, expected.low_res_logits)
+    # Without mask prompts (a model not trained with them), the prompts alone.
+    alone = refinement.predict(engine, emb, p, refine=False, initial=start)
+    torch.testing.assert_close(alone.low_res_logits, engine.predict(emb, p).low_res_logits)
     # A follow-up refines the previous mask, not the starting one.
     prev = refinement.remember(pred, p)
     q = prompts([(15, 20), (40, 80)], [1, 0])
@@ -102,12 +105,12 @@ def test_a_starting_mask_is_used_when_not_a_follow_up(engine, emb):
 
 
 def test_the_default_comes_from_the_registry(engine):
-    assert refinement.refines_by_default(engine.model)  # random weights: not registered
-    assert refinement.refines_by_default(None)
-    assert not MODELS["tiny"].refines  # measured: see tests/core/test_clicks.py
-    assert all(MODELS[name].refines for name in ("vit_b", "vit_l", "vit_h", "vit_t"))
+    assert refinement.uses_mask_prompts(engine.model)  # random weights: not registered
+    assert refinement.uses_mask_prompts(None)
+    assert not MODELS["tiny"].mask_prompts  # measured: see tests/core/test_clicks.py
+    assert all(MODELS[name].mask_prompts for name in ("vit_b", "vit_l", "vit_h", "vit_t"))
 
     class Tiny:
         name = "tiny"
 
-    assert not refinement.refines_by_default(Tiny())
+    assert not refinement.uses_mask_prompts(Tiny())

@@ -16,7 +16,7 @@ logits on:
 Whether it helps is measured with the click simulator (:mod:`.clicks`); the numbers are in
 ``docs/evaluation.md``. It is on by default for SAM and the models fine-tuned from it, which
 were trained this way, and off for the bundled tiny model, which was not and gets worse with
-it (:func:`refines_by_default`, from the registry's ``ModelSpec.refines``).
+it (:func:`uses_mask_prompts`, from the registry's ``ModelSpec.mask_prompts``).
 """
 
 from __future__ import annotations
@@ -39,19 +39,19 @@ __all__ = [
     "PreviousMask",
     "follow_up_logits",
     "predict",
-    "refines_by_default",
     "remember",
+    "uses_mask_prompts",
 ]
 
 
-def refines_by_default(model: LoadedModel | None) -> bool:
-    """Whether follow-up clicks on ``model`` pass the previous logits unless told otherwise.
+def uses_mask_prompts(model: LoadedModel | None) -> bool:
+    """Whether :func:`predict` gives ``model`` mask prompts unless told otherwise.
 
-    The registry says so per model (``ModelSpec.refines``); checkpoints it does not know
+    The registry says so per model (``ModelSpec.mask_prompts``); checkpoints it does not know
     (fine-tuned SAMs) refine, as SAM was trained to.
     """
     spec = MODELS.get(getattr(model, "name", ""))
-    return True if spec is None else spec.refines
+    return True if spec is None else spec.mask_prompts
 
 
 @dataclass(frozen=True)
@@ -161,9 +161,9 @@ def predict(
     previous : PreviousMask, optional
         From :func:`remember` after the previous prediction.
     refine : bool, optional
-        Pass the previous logits as the mask prompt (default: :func:`refines_by_default` of
-        ``engine.model``). False predicts from the prompts alone, as if ``previous`` were
-        None.
+        Use mask prompts: the previous logits for a follow-up, else ``initial`` (default:
+        :func:`uses_mask_prompts` of ``engine.model``, False for a model that was not
+        trained with mask prompts). False predicts from the prompts alone.
     initial : ndarray, optional
         (256, 256) or (B, 256, 256) logits to start from when ``prompts`` are not a
         follow-up: a drawn shape's (:func:`napari_sam.core.mask_prompts.shape_prompt`) or an
@@ -175,10 +175,12 @@ def predict(
         One candidate per object whenever a mask prompt is given (SAM's interactive setting:
         the mask resolves the ambiguity of a single click); otherwise as ``engine.predict``.
     """
-    use = refines_by_default(getattr(engine, "model", None)) if refine is None else refine
-    mask_input = follow_up_logits(previous, prompts, embedding) if use else None
-    if mask_input is None:
-        mask_input = initial
+    use = uses_mask_prompts(getattr(engine, "model", None)) if refine is None else refine
+    mask_input = None
+    if use:
+        mask_input = follow_up_logits(previous, prompts, embedding)
+        if mask_input is None:
+            mask_input = initial
     if mask_input is None:
         return engine.predict(embedding, prompts)
     return engine.predict(embedding, prompts, mask_input=mask_input, multimask=False)
