@@ -11,8 +11,9 @@ lands exactly on the object, in any image shape:
   given by its vertices in (row, col) pixel coordinates, with the box around it.
 
 Each low-resolution pixel gets the fraction of it the mask or shape covers, turned into a
-logit clipped to :data:`MASK_LOGIT` (the way micro-sam turns masks into prompts): inside
-+8, outside -8, and the border in between, so that the prompt is as sharp as the grid allows.
+logit clipped to :data:`MASK_LOGIT`: inside +8, outside -8, and the border in between, so
+that the prompt is as sharp as the grid allows. Whether a model gets such prompts by default
+is :func:`napari_sam.core.refinement.uses_mask_prompts`.
 """
 
 from __future__ import annotations
