@@ -10,6 +10,7 @@ Examples
     napari-sam embed cells.tif          # precompute; later commands reuse it
     napari-sam replay session.json -o labels.tif   # recreate a napari session's labels
     napari-sam models                   # the models, and which are downloaded
+    napari-sam evaluate cells.tif cells_labels.tif --clicks 10   # mIoU per click, NoC@85/90
 
     # Volumes (NIfTI, NRRD, MetaImage, DICOM, 3D TIFF): prompts are (z, row, col) voxels
     napari-sam segment scan.nii.gz --box 12,80,90,140,160 --window soft-tissue -o tumour.nii.gz
@@ -238,6 +239,9 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("embed", parents=[common], help="precompute image embeddings")
     e.add_argument("images", type=Path, nargs="+", help="images or volumes (every slice)")
     _add_replay_parser(sub, PRECISIONS)
+    from ._cli_evaluate import add_evaluate_parser
+
+    add_evaluate_parser(sub, common)
 
     m = sub.add_parser("models", help="list the models by domain: size, downloaded or not, path")
     m.add_argument(
@@ -389,6 +393,10 @@ def _run(args: argparse.Namespace) -> int:
         return _replay(args)
     if args.command == "models":
         return _models(args)
+    if args.command == "evaluate":
+        from ._cli_evaluate import run_evaluate
+
+        return run_evaluate(args, _read, _engine)
     _check_paths(args)
     if args.command == "embed":
         # Read every input before the model loads: a bad file is reported at once.

@@ -81,6 +81,11 @@ class ModelSpec:
         Size in bytes to show when ``size`` is not known exactly.
     speed : str
         One of :data:`SPEEDS`.
+    mask_prompts : bool
+        Whether the model gets mask prompts by default (:mod:`napari_sam.core.refinement`:
+        the previous mask on follow-up clicks, a drawn shape, a label to edit): True for
+        models trained with them, as SAM was; False where they are measured to hurt
+        (``docs/evaluation.md``).
     """
 
     name: str
@@ -94,6 +99,7 @@ class ModelSpec:
     domain: str = "general"
     approx_size: int | None = None
     speed: str = "medium"
+    mask_prompts: bool = True
 
     def __post_init__(self) -> None:
         if self.domain not in DOMAINS:
@@ -293,6 +299,8 @@ MODELS: dict[str, ModelSpec] = {
         "napari-sam's tiny test model (bundled, NOT a real SAM: for tests and offline demos)",
         domain="test",
         speed="instant",
+        # Trained without mask prompts: they halve its IoU (docs/evaluation.md).
+        mask_prompts=False,
     ),
 }
 
