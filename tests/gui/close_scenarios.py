@@ -1,9 +1,10 @@
 """napari with the widget in one busy state, closed right then: run by test_shutdown.py.
 
 Usage: ``python close_scenarios.py STATE HOW`` with STATE one of ``download``, ``model``,
-``embedding``, ``preview``, ``auto``, ``samples`` and HOW ``viewer`` (``viewer.close()``) or
-``window`` (the main window's close button). Prints ``CLEAN EXIT`` after napari's event loop
-has ended; the test also requires no traceback on stderr and exit code 0 (an abort gives 134).
+``embedding``, ``preview``, ``auto``, ``propagate``, ``samples`` and HOW ``viewer``
+(``viewer.close()``) or ``window`` (the main window's close button). Prints ``CLEAN EXIT``
+after napari's event loop has ended; the test also requires no traceback on stderr and exit
+code 0 (an abort gives 134).
 """
 
 from __future__ import annotations
@@ -90,11 +91,16 @@ def main() -> None:
 
     viewer = napari.Viewer()
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam-kit", "Segment Anything")
-    if STATE in ("embedding", "preview"):
-        widget.set_engine(_slow_engine("embed" if STATE == "embedding" else "predict"))
+    if STATE in ("embedding", "preview", "propagate"):
+        kind = {"embedding": "embed", "preview": "predict", "propagate": "predict"}[STATE]
+        widget.set_engine(_slow_engine(kind))
     if STATE == "samples":
         for key in ("coins", "cell", "ihc", "synthetic_cells", "nuclei_3d"):
             viewer.open_sample("napari-sam-kit", key)
+    elif STATE == "propagate":
+        from napari_sam.core.synthetic import make_nuclei_volume
+
+        viewer.add_image(make_nuclei_volume((24, 96, 96), n_objects=4).image, name="stack")
     else:
         from napari_sam.core.synthetic import make_cells
 
@@ -124,6 +130,22 @@ def main() -> None:
             if not len(points.data):
                 points.add([128, 128])
             return runner.current("predict") is not None
+        if STATE == "propagate":
+            task = runner.current("propagate")
+            if task is not None:
+                return True
+            if widget.embedding is None:
+                return False
+            boxes = next(x for x in viewer.layers if x.name == "SAM boxes")
+            if not len(boxes.data):
+                z = viewer.dims.current_step[0]
+                boxes.add_rectangles(
+                    np.array([[z, 20, 20], [z, 20, 60], [z, 60, 60], [z, 60, 20]])
+                )
+                widget.volume_panel.min_score.value = 0.0
+            elif runner.current("predict") is None:
+                widget.propagate()
+            return False
         if STATE == "auto":
             if widget.engine is None or widget.embedding is None:
                 return False

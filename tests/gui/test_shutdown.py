@@ -43,6 +43,7 @@ def _run(state: str, how: str, tmp_path: Path) -> subprocess.CompletedProcess:
         ("model", "viewer"),
         ("embedding", "window"),
         ("preview", "window"),
+        ("propagate", "window"),
         ("auto", "viewer"),
     ],
 )
