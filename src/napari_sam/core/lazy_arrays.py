@@ -1,0 +1,166 @@
+"""Arrays that are not (all) in memory: planes read region by region, label volumes made lazily.
+
+napari shows dask, zarr and multiscale data without loading it, and so must napari-sam:
+
+- :func:`read_plane` reads one plane of any array-like (dask, zarr, tensorstore, xarray,
+  memory-mapped files, ...) into a NumPy array, one region of a few chunks at a time, so
+  that nothing larger than the plane itself is ever held (``np.asarray`` of a dask plane
+  holds every chunk *and* the assembled copy at once). NumPy arrays are sliced, not copied.
+- :func:`empty_labels` makes the zero label array for a new labels layer: a NumPy array for
+  one plane, an in-memory zarr array for a stack, whose chunks exist only where something
+  was written. napari's Labels layer paints, fills, undoes and redoes on zarr arrays.
+
+zarr is imported when a stack's labels are first made, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "LABEL_CHUNK",
+    "REGION",
+    "chunk_shape",
+    "empty_labels",
+    "is_lazy",
+    "read_plane",
+]
+
+#: Pixels along each displayed axis read at once from a lazy array (at least one chunk):
+#: 1024 x 1024 uint16 is 2 MiB, small next to the plane it goes into.
+REGION = 1024
+
+#: Chunk of the zarr label volumes along the two last axes (1 along the others): 4 MiB of
+#: int32, about what a brush stroke or a commit touches, and few reads for a 4096 plane.
+LABEL_CHUNK = 1024
+
+
+def is_lazy(data: Any) -> bool:
+    """Whether ``data`` is not a NumPy array in memory (dask, zarr, ...).
+
+    Memory-mapped files (``numpy.memmap``) are NumPy arrays: slicing them reads nothing.
+    """
+    return not isinstance(data, np.ndarray)
+
+
+def chunk_shape(data: Any) -> tuple[int, ...] | None:
+    """The (largest) chunk of ``data`` along every axis, or None when it has no chunks.
+
+    dask (and dask-backed xarray) gives ``chunksize`` or a tuple of chunk tuples; zarr gives
+    ``chunks`` as a tuple of ints.
+    """
+    size = getattr(data, "chunksize", None)
+    if size is not None:
+        return tuple(int(s) for s in size)
+    chunks = getattr(data, "chunks", None)
+    if not isinstance(chunks, tuple) or len(chunks) != len(data.shape):
+        return None
+    if all(isinstance(c, tuple) for c in chunks):  # dask style: sizes of every chunk
+        return tuple(max((int(s) for s in c), default=1) for c in chunks)
+    if all(isinstance(c, int | np.integer) for c in chunks):
+        return tuple(int(c) for c in chunks)
+    return None
+
+
+def _region_sizes(data: Any, axes: Sequence[int]) -> list[int]:
+    """Region length along each of ``axes``: whole chunks, about :data:`REGION` pixels."""
+    chunks = chunk_shape(data)
+    out = []
+    for axis in axes:
+        n = int(data.shape[axis])
+        c = chunks[axis] if chunks is not None else 1
+        c = max(1, min(c, n))
+        # A whole number of chunks, so that no chunk is read (or computed) twice.
+        out.append(min(n, c * max(1, math.ceil(REGION / c))))
+    return out
+
+
+def _regions(data: Any, axes: Sequence[int]) -> Iterator[tuple[slice, ...]]:
+    """Slices along ``axes`` covering them region by region."""
+    sizes = _region_sizes(data, axes)
+    starts = [range(0, int(data.shape[a]), s) for a, s in zip(axes, sizes, strict=True)]
+    for corner in np.ndindex(*(len(r) for r in starts)):
+        yield tuple(slice(r[i], r[i] + s) for r, i, s in zip(starts, corner, sizes, strict=True))
+
+
+def read_plane(data: Any, key: Sequence[int | slice], axes: Sequence[int]) -> np.ndarray:
+    """``data[key]`` as a NumPy array, read one region of ``axes`` at a time.
+
+    Parameters
+    ----------
+    data : array-like
+        NumPy, dask, zarr or any array that can be indexed with integers and slices.
+    key : sequence of int or slice
+        For the first axes of ``data``, an index or ``slice(None)`` (the whole axis); axes
+        after them (RGB channels) are taken whole.
+    axes : sequence of int
+        Axes of ``data`` (taken whole by ``key``) to split into regions: the plane's rows and
+        columns. Other whole axes (RGB channels) are read whole.
+
+    Returns
+    -------
+    ndarray
+        A view for NumPy input; otherwise a new array, assembled from regions of about
+        :data:`REGION` pixels (whole chunks) along ``axes``.
+    """
+    ndim = len(data.shape)
+    if len(key) > ndim or any(isinstance(k, slice) and k != slice(None) for k in key):
+        raise ValueError(f"expected one index or slice(None) per axis of {data.shape}, got {key}")
+    key = (*key, *[slice(None)] * (ndim - len(key)))  # trailing axes (RGB) whole
+    if not is_lazy(data):
+        return data[key]
+    kept = [a for a, k in enumerate(key) if isinstance(k, slice)]
+    if any(a not in kept for a in axes):
+        raise ValueError(f"axes {tuple(axes)} are not taken whole by {key}")
+    out: np.ndarray | None = None
+    for region in _regions(data, axes):
+        sub = list(key)
+        for axis, s in zip(axes, region, strict=True):
+            sub[axis] = s
+        block = np.asarray(data[tuple(sub)])
+        if out is None:
+            out = np.empty(tuple(int(data.shape[a]) for a in kept), block.dtype)
+        where = [slice(None)] * len(kept)
+        for axis, s in zip(axes, region, strict=True):
+            where[kept.index(axis)] = s
+        out[tuple(where)] = block
+    if out is None:  # an empty plane: nothing to read
+        return np.asarray(data[key])
+    return out
+
+
+def empty_labels(shape: Sequence[int], dtype: Any = np.int32) -> Any:
+    """A zero label array for a new labels layer, costing memory only where it is written.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The labels' shape (the image's without its RGB axis).
+    dtype : numpy dtype-like
+
+    Returns
+    -------
+    numpy.ndarray or zarr.Array
+        A NumPy array for 2D shapes (one plane is needed whole anyway). For stacks, an
+        in-memory zarr array chunked one plane deep and :data:`LABEL_CHUNK` pixels square
+        (compressed; chunks never written take no memory): a one-plane result or a few
+        commits in a T x Z stack cost what they wrote, not the whole volume, and stacks larger
+        than the machine's memory get labels at all (``np.zeros`` of such a shape fails).
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) <= 2:
+        return np.zeros(shape, dtype)
+    import zarr
+
+    chunks = (1,) * (len(shape) - 2) + tuple(max(1, min(LABEL_CHUNK, s)) for s in shape[-2:])
+    return zarr.create_array(
+        store=zarr.storage.MemoryStore(),
+        shape=shape,
+        chunks=chunks,
+        dtype=np.dtype(dtype),
+        fill_value=0,
+    )
