@@ -114,3 +114,82 @@ def test_empty_labels_of_a_plane_is_numpy_of_a_stack_is_lazy():
     assert stack[idx].tolist() == [5, 0]
     stack[3, 7, 100:200, 1100:1200] = 0
     assert stack.nchunks_initialized == 0
+
+
+# ------------------------------------------------------------------------------------------
+# Large TIFF files: mapped, not read
+# ------------------------------------------------------------------------------------------
+
+
+def test_large_plain_tiff_is_mapped_copy_on_write(tmp_path, monkeypatch):
+    import tifffile
+
+    from napari_sam.core import lazy_arrays
+    from napari_sam.core.io import read_image
+    from napari_sam.core.volume_io import read_volume
+
+    data = volume((5, 64, 48))
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, data, imagej=True, resolution=(2.0, 2.0), metadata={"axes": "ZYX"})
+    small = read_image(path)
+    assert type(small) is np.ndarray  # below MAP_BYTES: read into memory, as before
+    monkeypatch.setattr(lazy_arrays, "MAP_BYTES", data.nbytes)
+    mapped = read_image(path)
+    # Before: the whole file was decoded into memory.
+    assert isinstance(mapped, np.memmap)
+    np.testing.assert_array_equal(mapped, data)
+    mapped[0, 0, 0] = 9  # copy-on-write: the array is writable, the file never changes
+    np.testing.assert_array_equal(tifffile.imread(path), data)
+    vol = read_volume(path)
+    assert isinstance(vol.data, np.memmap) and vol.geometry.axes == "zyx"
+    np.testing.assert_array_equal(vol.data, data)
+    assert vol.geometry.spacing[1:] == (0.5, 0.5)
+
+
+def test_compressed_tiff_is_read(tmp_path, monkeypatch):
+    import tifffile
+
+    from napari_sam.core import lazy_arrays
+    from napari_sam.core.io import read_image
+
+    monkeypatch.setattr(lazy_arrays, "MAP_BYTES", 0)
+    data = volume((3, 40, 30))
+    tifffile.imwrite(tmp_path / "z.tif", data, compression="zlib", photometric="minisblack")
+    out = read_image(tmp_path / "z.tif")
+    assert type(out) is np.ndarray  # a compressed file cannot be mapped
+    np.testing.assert_array_equal(out, data)
+
+
+def test_samples_of_mapped_data_read_whole_rows_only():
+    from napari_sam.core.lazy_arrays import sample_values
+
+    data = volume((20, 500, 400))
+    lazy = ReadLog(data)
+    sample = sample_values(lazy, 50_000)
+    assert 50_000 <= sample.size <= 55_000 and sample.dtype == data.dtype
+    # Only the rows of the sample were read (a strided sample reads every page).
+    assert sum(n for _, n, _ in lazy.reads) == sample.size
+    assert {len(key) for key, _, _ in lazy.reads} == {2}  # (plane, row): whole rows
+    rgb = ReadLog(volume((200, 300, 3), np.uint8))
+    assert sample_values(rgb, 1000).size == 8 * 300 * 3  # at least 8 rows
+    assert {len(key) for key, _, _ in rgb.reads} == {1}  # rows of pixels, not single pixels
+    assert sample_values(data[:2, :3], 100).tolist() == data[:2, :3].reshape(-1).tolist()
+
+
+def test_volume_statistics_of_a_mapped_file_are_sampled(tmp_path):
+    from napari_sam.core.volume_io import looks_like_labels
+    from napari_sam.core.windows import volume_limits
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(1000, 100, (12, 700, 600)).clip(0).astype(np.uint16)
+    path = tmp_path / "v.raw"
+    data.tofile(path)
+    mapped = np.memmap(path, np.uint16, "c", shape=data.shape)
+    lo, hi = volume_limits(mapped)
+    ref = volume_limits(data)
+    assert abs(lo - ref[0]) < 5 and abs(hi - ref[1]) < 5
+    assert not looks_like_labels(mapped)
+    labels = np.zeros(data.shape, np.uint16)
+    labels[3, 100:200, 50:90] = 2
+    labels.tofile(path)
+    assert looks_like_labels(np.memmap(path, np.uint16, "c", shape=data.shape))

@@ -9,6 +9,9 @@ napari shows dask, zarr and multiscale data without loading it, and so must napa
 - :func:`empty_labels` makes the zero label array for a new labels layer: a NumPy array for
   one plane, an in-memory zarr array for a stack, whose chunks exist only where something
   was written. napari's Labels layer paints, fills, undoes and redoes on zarr arrays.
+- :func:`tiff_pixels` memory-maps large uncompressed TIFF files instead of reading them, and
+  :func:`sample_values` samples mapped or lazy data by whole rows (volume statistics read a
+  few MiB of a large file, not all of it).
 
 zarr is imported when a stack's labels are first made, so importing this module is cheap.
 """
@@ -23,20 +26,34 @@ import numpy as np
 
 __all__ = [
     "LABEL_CHUNK",
+    "MAP_BYTES",
     "REGION",
     "chunk_shape",
     "empty_labels",
     "is_lazy",
+    "is_on_disk",
     "read_plane",
+    "sample_values",
+    "tiff_pixels",
 ]
 
 #: Pixels along each displayed axis read at once from a lazy array (at least one chunk):
 #: 1024 x 1024 uint16 is 2 MiB, small next to the plane it goes into.
 REGION = 1024
 
+#: TIFF pixel data at least this large is memory-mapped instead of read (when it is stored
+#: uncompressed in one piece): a 10 x 4096 x 4096 uint16 stack (320 MiB) is.
+MAP_BYTES = 256 * 2**20
+
 #: Chunk of the zarr label volumes along the two last axes (1 along the others): 4 MiB of
 #: int32, about what a brush stroke or a commit touches, and few reads for a 4096 plane.
 LABEL_CHUNK = 1024
+
+
+def is_on_disk(data: Any) -> bool:
+    """Whether reading ``data``'s values reads a file or computes them: a memory-mapped file
+    (``numpy.memmap`` and its views), dask, zarr, ...; False for NumPy arrays in memory."""
+    return isinstance(data, np.memmap) or is_lazy(data)
 
 
 def is_lazy(data: Any) -> bool:
@@ -164,3 +181,61 @@ def empty_labels(shape: Sequence[int], dtype: Any = np.int32) -> Any:
         dtype=np.dtype(dtype),
         fill_value=0,
     )
+
+
+def sample_values(data: Any, n: int) -> np.ndarray:
+    """About ``n`` values evenly spread through ``data`` (1D), reading only what they need.
+
+    A strided sample of a memory-mapped file touches every page of it (it reads the whole
+    file); this reads whole rows (the last axis, with the channels after it when it is
+    short), evenly spaced, from evenly spaced planes (at least 8 along each axis that has
+    them), so that about ``n`` values (a few rows more) are read in all. Data of at most
+    ``n`` values is returned whole.
+    """
+    shape = tuple(int(s) for s in data.shape)
+    size = int(np.prod(shape))
+    if size <= n:
+        return np.asarray(data[...]).reshape(-1)
+    if len(shape) == 1:
+        return np.asarray(data[:: -(-size // n)])
+    row_ndim = 1
+    while row_ndim < len(shape) - 1 and int(np.prod(shape[-row_ndim:])) < _MIN_ROW:
+        row_ndim += 1
+    keys = _row_keys(shape, n, row_ndim)
+    return np.concatenate([np.asarray(data[key]).reshape(-1) for key in keys])
+
+
+#: Fewest values in a "row" read by :func:`sample_values` (RGB pixels are not rows).
+_MIN_ROW = 256
+
+
+def _row_keys(shape: tuple[int, ...], n: int, row_ndim: int) -> list[tuple[int, ...]]:
+    """Indices (over the axes before the last ``row_ndim``) of evenly spread rows."""
+    count, per = shape[0], int(np.prod(shape[1:]))
+    k = min(count, max(-(-n // max(per, 1)), 8))
+    picks = [int(i) for i in np.unique(np.linspace(0, count - 1, k).round())]
+    if len(shape) == row_ndim + 1:
+        return [(i,) for i in picks]
+    share = max(1, n // len(picks))
+    return [(i, *rest) for i in picks for rest in _row_keys(shape[1:], share, row_ndim)]
+
+
+def tiff_pixels(series: Any) -> np.ndarray:
+    """The pixels of a tifffile series: memory-mapped when large and stored plainly, else read.
+
+    Data of at least :data:`MAP_BYTES` stored uncompressed, contiguous and in the machine's
+    byte order is mapped copy-on-write (``numpy.memmap`` mode ``"c"``): pages are read from
+    the file when used, writing to the array (painting a labels layer) never changes the
+    file. Anything else (compressed, tiled, small) is read into memory.
+
+    Parameters
+    ----------
+    series : tifffile.TiffPageSeries
+        A series of an open ``tifffile.TiffFile``; the map stays valid after it is closed.
+    """
+    offset = getattr(series, "dataoffset", None)
+    dtype = np.dtype(series.dtype)
+    if offset is not None and dtype.isnative and series.nbytes >= MAP_BYTES:
+        path = series.parent.filehandle.path
+        return np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=tuple(series.shape))
+    return np.asarray(series.asarray())
