@@ -12,6 +12,7 @@ from read_log import ReadLog
 
 from napari_sam._layers import Plane, image_plane, level0, write_objects
 from napari_sam._session import ObjectPreview, Preview, build_objects, predict_objects
+from napari_sam.core import lazy_arrays
 from napari_sam.core.engine import SamEngine
 from napari_sam.core.lazy_arrays import REGION, empty_labels
 from napari_sam.core.region_mask import RegionMask
@@ -52,7 +53,8 @@ def test_multiscale_image_reads_only_a_level_0_plane():
     assert levels[0].largest_read() <= REGION * REGION
 
 
-def test_commit_into_a_lazy_label_stack_and_undo():
+def test_commit_into_a_lazy_label_stack_and_undo(monkeypatch):
+    monkeypatch.setattr(lazy_arrays, "DENSE_LABELS_BYTES", 0)  # a stack too big for NumPy
     shape = (6, 300, 2100)
     labels = Labels(empty_labels(shape, np.int32))
     data = labels.data

@@ -7,6 +7,7 @@ import pytest
 from gui_helpers import CLICK_RADII, CLICK_SCORES, GeometricEngine, disc, layer_named, wait_idle
 from read_log import ReadLog
 
+from napari_sam.core import lazy_arrays
 from napari_sam.core.lazy_arrays import REGION
 
 pytestmark = pytest.mark.gui
@@ -14,7 +15,11 @@ pytestmark = pytest.mark.gui
 SHAPE = (3, 1500, 2200)
 
 
-def test_lazy_stack_plane_reads_commit_undo_and_auto_segment(make_widget, qtbot, small_model):
+def test_lazy_stack_plane_reads_commit_undo_and_auto_segment(
+    make_widget, qtbot, small_model, monkeypatch
+):
+    # Labels as for a stack too large for NumPy (the default limit is 1 GiB).
+    monkeypatch.setattr(lazy_arrays, "DENSE_LABELS_BYTES", 0)
     data = (np.arange(np.prod(SHAPE)) % 50_000).reshape(SHAPE).astype(np.uint16)
     lazy = ReadLog(data, chunks=(1, 512, 512))  # np.asarray(lazy) raises
     viewer, widget = make_widget(engine=GeometricEngine(small_model))
@@ -37,7 +42,7 @@ def test_lazy_stack_plane_reads_commit_undo_and_auto_segment(make_widget, qtbot,
     widget.commit()
     wait_idle(qtbot, widget)
     labels = layer_named(viewer, "SAM labels")
-    # A stack's new target is a lazy (zarr) volume: only what was committed takes memory.
+    # The new target is a lazy (zarr) volume: only what was committed takes memory.
     assert not isinstance(labels.data, np.ndarray) and labels.data.shape == SHAPE
     best = CLICK_RADII[int(np.argmax(CLICK_SCORES))]
     assert np.array_equal(labels.data[1] == 1, disc(SHAPE[1:], (700, 900), best))

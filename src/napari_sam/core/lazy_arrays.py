@@ -7,8 +7,9 @@ napari shows dask, zarr and multiscale data without loading it, and so must napa
   that nothing larger than the plane itself is ever held (``np.asarray`` of a dask plane
   holds every chunk *and* the assembled copy at once). NumPy arrays are sliced, not copied.
 - :func:`empty_labels` makes the zero label array for a new labels layer: a NumPy array for
-  one plane, an in-memory zarr array for a stack, whose chunks exist only where something
-  was written. napari's Labels layer paints, fills, undoes and redoes on zarr arrays.
+  one plane or a stack of reasonable size, an in-memory zarr array for larger stacks, whose
+  chunks exist only where something was written. napari's Labels layer paints, fills,
+  undoes and redoes on zarr arrays.
 - :func:`tiff_pixels` memory-maps large uncompressed TIFF files instead of reading them, and
   :func:`sample_values` samples mapped or lazy data by whole rows (volume statistics read a
   few MiB of a large file, not all of it).
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DENSE_LABELS_BYTES",
     "LABEL_CHUNK",
     "MAP_BYTES",
     "REGION",
@@ -44,6 +46,9 @@ REGION = 1024
 #: TIFF pixel data at least this large is memory-mapped instead of read (when it is stored
 #: uncompressed in one piece): a 10 x 4096 x 4096 uint16 stack (320 MiB) is.
 MAP_BYTES = 256 * 2**20
+
+#: Label stacks up to this size are NumPy arrays, larger ones zarr (see :func:`empty_labels`).
+DENSE_LABELS_BYTES = 2**30
 
 #: Chunk of the zarr label volumes along the two last axes (1 along the others): 4 MiB of
 #: int32, about what a brush stroke or a commit touches, and few reads for a 4096 plane.
@@ -162,24 +167,30 @@ def empty_labels(shape: Sequence[int], dtype: Any = np.int32) -> Any:
     Returns
     -------
     numpy.ndarray or zarr.Array
-        A NumPy array for 2D shapes (one plane is needed whole anyway). For stacks, an
-        in-memory zarr array chunked one plane deep and :data:`LABEL_CHUNK` pixels square
-        (compressed; chunks never written take no memory): a one-plane result or a few
-        commits in a T x Z stack cost what they wrote, not the whole volume, and stacks larger
-        than the machine's memory get labels at all (``np.zeros`` of such a shape fails).
+        A NumPy array for one plane, and for stacks of at most :data:`DENSE_LABELS_BYTES`.
+        Larger stacks get an in-memory zarr array, chunked one plane deep and
+        :data:`LABEL_CHUNK` pixels square (compressed; chunks never written take no memory).
+
+    Notes
+    -----
+    ``np.zeros`` takes its pages from the system only when they are first written (Linux,
+    macOS), and napari shows a plane of a NumPy array without copying it, so a NumPy label
+    stack costs what was written; a zarr one costs that (compressed) plus the plane napari
+    copies out for display (64 MiB at 4096 x 4096 int32, measured in docs/performance.md).
+    But the whole size of ``np.zeros`` is reserved at once: Linux refuses sizes beyond
+    memory and swap (a T x Z stack of 80 GiB of labels on a 24 GiB machine cannot get a
+    target layer at all) and Windows charges all of it. Hence NumPy up to a size every
+    machine can reserve, zarr beyond.
     """
     shape = tuple(int(s) for s in shape)
-    if len(shape) <= 2:
+    dtype = np.dtype(dtype)
+    if len(shape) <= 2 or int(np.prod(shape)) * dtype.itemsize <= DENSE_LABELS_BYTES:
         return np.zeros(shape, dtype)
     import zarr
 
     chunks = (1,) * (len(shape) - 2) + tuple(max(1, min(LABEL_CHUNK, s)) for s in shape[-2:])
     return zarr.create_array(
-        store=zarr.storage.MemoryStore(),
-        shape=shape,
-        chunks=chunks,
-        dtype=np.dtype(dtype),
-        fill_value=0,
+        store=zarr.storage.MemoryStore(), shape=shape, chunks=chunks, dtype=dtype, fill_value=0
     )
 
 
@@ -187,10 +198,11 @@ def sample_values(data: Any, n: int) -> np.ndarray:
     """About ``n`` values evenly spread through ``data`` (1D), reading only what they need.
 
     A strided sample of a memory-mapped file touches every page of it (it reads the whole
-    file); this reads whole rows (the last axis, with the channels after it when it is
-    short), evenly spaced, from evenly spaced planes (at least 8 along each axis that has
-    them), so that about ``n`` values (a few rows more) are read in all. Data of at most
-    ``n`` values is returned whole.
+    file), and so do rows spread evenly through it: the kernel reads ahead and maps the
+    file in pieces of up to megabytes. This reads a few bands of consecutive whole rows (the
+    last axis, with the channels after it when it is short) from evenly spaced planes (at
+    least 8 along each axis that has them), about ``n`` values (a few rows more) in all.
+    Data of at most ``n`` values is returned whole.
     """
     shape = tuple(int(s) for s in data.shape)
     size = int(np.prod(shape))
@@ -201,23 +213,28 @@ def sample_values(data: Any, n: int) -> np.ndarray:
     row_ndim = 1
     while row_ndim < len(shape) - 1 and int(np.prod(shape[-row_ndim:])) < _MIN_ROW:
         row_ndim += 1
-    keys = _row_keys(shape, n, row_ndim)
+    keys = _band_keys(shape, n, row_ndim)
     return np.concatenate([np.asarray(data[key]).reshape(-1) for key in keys])
 
 
 #: Fewest values in a "row" read by :func:`sample_values` (RGB pixels are not rows).
 _MIN_ROW = 256
+#: Bands of rows :func:`sample_values` reads per plane.
+_BANDS = 4
 
 
-def _row_keys(shape: tuple[int, ...], n: int, row_ndim: int) -> list[tuple[int, ...]]:
-    """Indices (over the axes before the last ``row_ndim``) of evenly spread rows."""
+def _band_keys(shape: tuple[int, ...], n: int, row_ndim: int) -> list[tuple[int | slice, ...]]:
+    """Indices (over the axes before the last ``row_ndim``) of evenly spread bands of rows."""
     count, per = shape[0], int(np.prod(shape[1:]))
     k = min(count, max(-(-n // max(per, 1)), 8))
+    if len(shape) == row_ndim + 1:  # k rows, in a few bands of consecutive rows
+        bands = min(k, _BANDS)
+        rows = -(-k // bands)
+        starts = np.unique(np.linspace(0, count - rows, bands).round().astype(int))
+        return [(slice(int(a), int(a) + rows),) for a in starts]
     picks = [int(i) for i in np.unique(np.linspace(0, count - 1, k).round())]
-    if len(shape) == row_ndim + 1:
-        return [(i,) for i in picks]
     share = max(1, n // len(picks))
-    return [(i, *rest) for i in picks for rest in _row_keys(shape[1:], share, row_ndim)]
+    return [(i, *rest) for i in picks for rest in _band_keys(shape[1:], share, row_ndim)]
 
 
 def tiff_pixels(series: Any) -> np.ndarray:

@@ -187,7 +187,7 @@ class AutoPanel(Container):
         result: Any,
         engine: Any,
     ) -> Labels:
-        # The plane's labels in a layer the size of the image; over a stack the other planes
+        # The plane's labels in a layer the size of the image; the other planes of a stack
         # take no memory (empty_labels) until the user paints them.
         full = empty_labels(spatial_shape(image), np.int32)
         plane.put(full, result.labels)

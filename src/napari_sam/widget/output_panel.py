@@ -233,8 +233,8 @@ class OutputPanel(Container):
     def target_layer(self, image: Image) -> Labels:
         """The chosen labels layer, or a new "SAM labels" layer over ``image``.
 
-        A new layer over a stack holds an in-memory zarr array (:func:`empty_labels`): its
-        memory follows what is committed or painted, not the size of the stack.
+        A new layer's memory follows what is committed or painted, not the size of the
+        stack (:func:`empty_labels`: a large stack gets an in-memory zarr array).
         """
         host = self._host
         target = selected(self.target)
