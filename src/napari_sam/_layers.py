@@ -22,6 +22,7 @@ from ._session import point_label
 from .core.commits import commit_pixels
 from .core.errors import ImageError, PromptError
 from .core.label_ids import highest_id, new_ids
+from .core.lazy_arrays import read_plane
 
 #: Shapes that stand for a box prompt (their bounding box); lines and paths are ignored.
 BOX_SHAPES = ("rectangle", "ellipse", "polygon")
@@ -64,9 +65,11 @@ class Plane:
     def take(self, data: Any) -> np.ndarray:
         """The plane of ``data`` as an (H, W) or (H, W, C) NumPy array (a copy or a view).
 
-        Extra trailing axes (RGB channels) are kept after rows and columns.
+        Extra trailing axes (RGB channels) are kept after rows and columns. Lazy data (dask,
+        zarr, a level of a multiscale image) is read region by region
+        (:func:`~napari_sam.core.lazy_arrays.read_plane`): only this plane, never more.
         """
-        arr = np.asarray(data[self.slicer()])
+        arr = read_plane(data, self.slicer(), self.axes)
         if self.axes[0] > self.axes[1]:
             arr = np.swapaxes(arr, 0, 1)
         return arr
@@ -84,11 +87,10 @@ class Plane:
         return tuple(out)
 
     def put(self, full: np.ndarray, plane: np.ndarray) -> None:
-        """Write an (H, W) array into the plane of the nD array ``full``."""
-        view = full[self.slicer()]
+        """Write an (H, W) array into the plane of the nD array ``full`` (NumPy or zarr)."""
         if self.axes[0] > self.axes[1]:
-            view = view.T
-        view[...] = plane
+            plane = np.swapaxes(plane, 0, 1)
+        full[self.slicer()] = plane  # an assignment: a zarr array's plane is not a view
 
     def describe(self, axis_labels: Sequence[str] | None = None) -> str:
         """Where the plane is, e.g. ``"z=3"`` (empty for 2D data)."""
@@ -105,7 +107,11 @@ class Plane:
 
 
 def level0(layer: Any) -> Any:
-    """The full-resolution data of an image layer (the first level of a multiscale one)."""
+    """The full-resolution data of an image layer (the first level of a multiscale one).
+
+    Nothing is read here: :meth:`Plane.take` reads one plane of it, region by region; the
+    other levels of a pyramid are never read by napari-sam (napari reads them for display).
+    """
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 

@@ -23,7 +23,13 @@ from napari_sam.core.automatic import (
 )
 from napari_sam.core.checkpoints import load_model, random_model
 from napari_sam.core.embedding import ImageEmbedding, compute_embedding
-from napari_sam.core.engine import SamEngine, upsample_logits, upsample_mask, upsample_region
+from napari_sam.core.engine import (
+    SamEngine,
+    mask_region,
+    upsample_logits,
+    upsample_mask,
+    upsample_region,
+)
 from napari_sam.core.errors import CheckpointError, NapariSamError
 from napari_sam.core.metrics import iou
 
@@ -209,6 +215,15 @@ def test_region_upsampling_equals_full_upsampling(shape):
         fast = upsample_mask(low, emb)
         assert fast.shape == shape and fast.dtype == bool
         differing += int((full != fast).sum())
+        # The region form is the same mask kept inside its own bounding box.
+        region = mask_region(low, emb)
+        np.testing.assert_array_equal(region.full(shape), fast)
+        rows, cols = np.nonzero(fast)
+        if len(rows):
+            assert (region.y0, region.x0) == (rows.min(), cols.min())
+            assert region.mask.shape == (np.ptp(rows) + 1, np.ptp(cols) + 1)
+        else:
+            assert region.mask.shape == (0, 0)
     # The same formulas on the same grid: identical here; float rounding of source
     # coordinates could in principle flip a pixel whose logit is ~1e-6 from the threshold.
     assert differing == 0
@@ -225,6 +240,9 @@ def test_prediction_mask_equals_full_upsampling(model, make_image):
         for k in range(pred.n_candidates):
             full = (upsample_logits(pred.low_res_logits[0, k], emb) > 0).numpy()
             np.testing.assert_array_equal(pred.mask(0, k), full)
+            region = pred.region(0, k)
+            assert region is pred.region(0, k), "upsampled once per candidate"
+            np.testing.assert_array_equal(region.full(full.shape), full)
     finally:
         configure(model, fast=False)
 

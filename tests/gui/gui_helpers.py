@@ -8,6 +8,7 @@ import numpy as np
 
 from napari_sam.core.engine import SamEngine
 from napari_sam.core.prompts import Prompts
+from napari_sam.core.region_mask import RegionMask
 
 #: Candidate radii and predicted IoUs of the geometric decoder's answer to a single click.
 CLICK_RADII = (4, 8, 14)
@@ -31,6 +32,9 @@ class _GeometricPrediction:
     def mask(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
         k = int(self.best[obj]) if candidate is None else candidate
         return self._masks[obj][k]
+
+    def region(self, obj: int = 0, candidate: int | None = None) -> RegionMask:
+        return RegionMask.from_mask(self.mask(obj, candidate))
 
 
 def disc(shape, centre, radius) -> np.ndarray:

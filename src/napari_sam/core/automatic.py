@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from .embedding import CancelCheck, ProgressCallback
 from .engine import SamEngine
 from .errors import Cancelled, NapariSamError
+from .region_mask import RegionMask
 
 
 @dataclass(frozen=True)
@@ -100,29 +101,6 @@ class AutoSegmentation:
     def n_objects(self) -> int:
         """Number of objects in :attr:`labels`."""
         return len(self.table["label"])
-
-
-class RegionMask(NamedTuple):
-    """A boolean mask stored inside a box of the image: ``mask`` placed at row y0, column x0.
-
-    The fast automatic segmentation keeps masks this way: work and memory follow the
-    object's size, not the image's.
-    """
-
-    y0: int
-    x0: int
-    mask: np.ndarray
-
-    def paint(self, image: np.ndarray, value: int) -> None:
-        """Set ``image`` to ``value`` where the mask is True."""
-        h, w = self.mask.shape
-        image[self.y0 : self.y0 + h, self.x0 : self.x0 + w][self.mask] = value
-
-    def full(self, shape: tuple[int, int]) -> np.ndarray:
-        """The mask as a boolean array of the whole image."""
-        out = np.zeros(shape, bool)
-        self.paint(out, True)
-        return out
 
 
 def masks_to_labels(

@@ -14,18 +14,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .region_mask import RegionMask
+
 __all__ = ["commit_pixels", "draw_objects", "write_commit"]
 
 
-def draw_objects(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+def draw_objects(masks: Sequence[np.ndarray | RegionMask], shape: tuple[int, int]) -> np.ndarray:
     """int32 (H, W): object ``i`` as ``i + 1``, smaller objects drawn over larger ones.
 
-    Ties in area keep the earlier object on top (a stable sort), as the preview shows them.
+    ``masks`` are boolean (H, W) arrays or :class:`~napari_sam.core.region_mask.RegionMask`
+    (drawn inside their boxes). Ties in area keep the earlier object on top (a stable sort),
+    as the preview shows them.
     """
     drawn = np.zeros(shape, np.int32)
-    areas = [int(np.count_nonzero(m)) for m in masks]
+    regions = [
+        m if isinstance(m, RegionMask) else RegionMask(0, 0, np.asarray(m, bool)) for m in masks
+    ]
+    areas = [r.area for r in regions]
     for i in np.argsort(areas, kind="stable")[::-1]:
-        drawn[np.asarray(masks[i], bool)] = i + 1
+        regions[i].paint(drawn, i + 1)
     return drawn
 
 

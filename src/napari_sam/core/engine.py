@@ -25,6 +25,7 @@ from .embedding import (
 )
 from .errors import PromptError
 from .prompts import Prompts, make_prompts
+from .region_mask import RegionMask
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -189,34 +190,35 @@ def upsample_region(
     return x[0, 0], (big_ya, big_yb, big_xa, big_xb)
 
 
-#: Output rows resized at once by :func:`upsample_mask` (a few MiB of float32 at 4096 wide).
+#: Output rows resized at once by :func:`mask_region` (a few MiB of float32 at 4096 wide).
 _ROWS_PER_CHUNK = 256
 
 
-def upsample_mask(
+def mask_region(
     low_res: torch.Tensor,
     embedding: _Geometry,
     threshold: float = 0.0,
     image_size: int = 1024,
-) -> np.ndarray:
-    """Boolean (H, W) mask ``upsample_logits(low_res) > threshold``, computed by region.
+) -> RegionMask:
+    """``upsample_logits(low_res) > threshold`` as a :class:`RegionMask` (trimmed to the mask).
 
-    See :func:`upsample_region`: the work is proportional to the object's bounding box, not
-    to the image. The final resize runs over bands of rows (again where the grids line up)
-    and is thresholded straight into the result, so no full-size float image is made.
+    See :func:`upsample_region`: the work and the memory are proportional to the object's
+    bounding box, not to the image. The final resize runs over bands of rows (again where
+    the grids line up) and is thresholded straight into the box, so no full-size array (float
+    or boolean) is made. An empty mask is a (0, 0) region.
     """
     import torch.nn.functional as F
 
-    out = np.zeros(embedding.original_size, bool)
     first = _first_stage(low_res, embedding, threshold, image_size)
     if first is None:
-        return out
+        return RegionMask(0, 0, np.zeros((0, 0), bool))
     x, (ya, yb, xa, xb), (big_ya, big_yb, big_xa, big_xb) = first
     h, big_h = embedding.input_size[0], embedding.original_size[0]
     width = big_xb - big_xa
+    out = np.zeros((big_yb - big_ya, width), bool)
     if (big_yb - big_ya, width) == (yb - ya, xb - xa):  # the original size is the input size
-        np.greater(x[0, 0].cpu().numpy(), threshold, out=out[big_ya:big_yb, big_xa:big_xb])
-        return out
+        np.greater(x[0, 0].cpu().numpy(), threshold, out=out)
+        return RegionMask(big_ya, big_xa, out).trimmed()
     g = math.gcd(h, big_h)
     q, p = h // g, big_h // g  # q input rows resize to exactly p output rows
     step = q * max(1, round(_ROWS_PER_CHUNK / p))  # input rows per band, a multiple of q
@@ -238,9 +240,22 @@ def upsample_mask(
         np.greater(
             band[0, 0, big_a - big_ma : big_b - big_ma].cpu().numpy(),
             threshold,
-            out=out[big_a:big_b, big_xa:big_xb],
+            out=out[big_a - big_ya : big_b - big_ya],
         )
-    return out
+    return RegionMask(big_ya, big_xa, out).trimmed()
+
+
+def upsample_mask(
+    low_res: torch.Tensor,
+    embedding: _Geometry,
+    threshold: float = 0.0,
+    image_size: int = 1024,
+) -> np.ndarray:
+    """Boolean (H, W) mask ``upsample_logits(low_res) > threshold``, computed by region.
+
+    The full-size form of :func:`mask_region`.
+    """
+    return mask_region(low_res, embedding, threshold, image_size).full(embedding.original_size)
 
 
 @dataclass
@@ -264,7 +279,7 @@ class Prediction:
     low_res_logits: torch.Tensor
     embedding: ImageEmbedding
     _image_size: int = 1024
-    _cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple[int, int], RegionMask] = field(default_factory=dict, repr=False)
 
     @property
     def n_objects(self) -> int:
@@ -286,14 +301,25 @@ class Prediction:
             raise PromptError(f"candidate {k} does not exist (0..{self.n_candidates - 1})")
         return obj, k
 
-    def mask(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
-        """Boolean (H, W) mask of one object; the best candidate unless one is named."""
+    def region(self, obj: int = 0, candidate: int | None = None) -> RegionMask:
+        """The mask of one object inside its bounding box; the best candidate by default.
+
+        Computed once per candidate (and only when asked for); it costs memory in
+        proportion to the object, not to the image.
+        """
         obj, k = self._index(obj, candidate)
         if (obj, k) not in self._cache:
-            self._cache[(obj, k)] = upsample_mask(
+            self._cache[(obj, k)] = mask_region(
                 self.low_res_logits[obj, k], self.embedding, 0.0, self._image_size
             )
         return self._cache[(obj, k)]
+
+    def mask(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
+        """Boolean (H, W) mask of one object; the best candidate unless one is named.
+
+        A new full-size array on every call (from :meth:`region`).
+        """
+        return self.region(obj, candidate).full(self.embedding.original_size)
 
     @property
     def masks(self) -> np.ndarray:

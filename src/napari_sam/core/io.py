@@ -19,6 +19,7 @@ import numpy as np
 from .errors import ImageError, exception_line
 from .geometry import VolumeGeometry
 from .itk_io import ITK_WRITE_SUFFIXES, write_itk_labels
+from .lazy_arrays import tiff_pixels
 
 __all__ = ["LABEL_SUFFIXES", "READ_SUFFIXES", "file_suffix", "read_image", "write_labels"]
 
@@ -48,8 +49,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     ----------
     path : str or os.PathLike
         A TIFF (``.tif``, ``.tiff``, read with tifffile: the first series, so a multi-page
-        file gives a stack), PNG, JPEG or BMP (read with imageio) or NumPy ``.npy`` file
-        (read without pickles).
+        file gives a stack; a large one stored uncompressed is memory-mapped, see
+        :func:`~napari_sam.core.lazy_arrays.tiff_pixels`), PNG, JPEG or BMP (read with
+        imageio) or NumPy ``.npy`` file (read without pickles).
 
     Returns
     -------
@@ -77,7 +79,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         if suffix in _TIFF:
             import tifffile
 
-            data = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                data = tiff_pixels(tif.series[0])  # large plain files are mapped, not read
         elif suffix == ".npy":
             data = _load_npy(path)
         else:
@@ -91,7 +94,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         if suffix in _PICTURE and "backend" in reason:  # imageio's wording for "no decoder"
             reason = f"not a readable {suffix[1:].upper()} image (corrupt or unsupported variant)."
         raise ImageError(f"Cannot read image {path}: {reason}") from exc
-    return np.asarray(data)
+    return data if isinstance(data, np.ndarray) else np.asarray(data)  # keeps a memmap
 
 
 def _load_npy(path: Path) -> np.ndarray:

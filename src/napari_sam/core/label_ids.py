@@ -37,11 +37,14 @@ def id_limit(dtype: DTypeLike) -> int:
 def highest_id(data: Any) -> int:
     """The largest label id in ``data`` (0 when it is empty or holds no positive id).
 
-    Works on anything NumPy can reduce (NumPy, dask and zarr arrays): the data is not copied.
+    NumPy and dask arrays are reduced as they are (dask chunk by chunk). Other arrays (zarr,
+    ...) are read one plane at a time: ``np.max`` would first copy all of them into memory.
     """
     if not np.size(data):
         return 0
-    return max(int(np.max(data)), 0)
+    if isinstance(data, np.ndarray) or hasattr(data, "dask") or len(data.shape) <= 2:
+        return max(int(np.max(data)), 0)
+    return max(highest_id(data[i]) for i in range(int(data.shape[0])))
 
 
 def new_ids(

@@ -26,6 +26,7 @@ import numpy as np
 
 from .errors import ImageError, exception_line
 from .geometry import VolumeGeometry, normalize_unit
+from .lazy_arrays import tiff_pixels
 
 __all__ = ["read_tiff_volume"]
 
@@ -43,7 +44,9 @@ def read_tiff_volume(path: Path) -> tuple[np.ndarray, VolumeGeometry, bool]:
     Returns
     -------
     data : numpy.ndarray
-        Shaped ``geometry.shape`` plus a last channel axis if the file has channels.
+        Shaped ``geometry.shape`` plus a last channel axis if the file has channels; a
+        copy-on-write ``numpy.memmap`` of the file when it is large and stored uncompressed
+        (:func:`~napari_sam.core.lazy_arrays.tiff_pixels`).
     geometry : VolumeGeometry
         Axes (``"yx"``, ``"zyx"``, ``"tyx"`` or ``"tzyx"``), spacing and units.
     rgb : bool
@@ -61,7 +64,7 @@ def read_tiff_volume(path: Path) -> tuple[np.ndarray, VolumeGeometry, bool]:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            data = np.asarray(series.asarray())
+            data = tiff_pixels(series)  # large plain files are mapped, not read
             axes = series.axes.upper()
             meta = _metadata(tif)
     except Exception as exc:  # tifffile raises many types; all mean "cannot decode this file"

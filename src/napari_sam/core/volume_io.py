@@ -33,6 +33,7 @@ from .errors import ImageError
 from .geometry import VolumeGeometry
 from .io import READ_SUFFIXES, file_suffix, read_image
 from .itk_io import ITK_WRITE_SUFFIXES, itk_detail, itk_quiet, write_itk_labels
+from .lazy_arrays import is_on_disk, sample_values
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -427,14 +428,24 @@ def looks_like_labels(data: np.ndarray, name: str = "") -> bool:
     """
     if data.dtype != np.bool_ and not np.issubdtype(data.dtype, np.integer):
         return False
-    if data.size == 0 or (data.dtype.kind == "i" and int(data.min()) < 0):
+    if data.size == 0:
+        return False
+    # A cheap look at a sample first: most images show many values within a few thousand.
+    # From a mapped file the sample is whole rows (a strided one would read all of it), and
+    # negative values are looked for in the sample until the whole file must be read anyway.
+    mapped = is_on_disk(data)
+    if mapped:
+        sample = sample_values(data, 100_000)
+    else:
+        flat = data.reshape(-1)
+        sample = flat[:: max(1, flat.size // 100_000)]
+    signed = data.dtype.kind == "i"
+    if signed and int((sample if mapped else data).min()) < 0:
         return False
     words = "".join(c if c.isalpha() else " " for c in Path(name).name.lower()).split()
     if any(w in _LABEL_WORDS for w in words):
         return True
-    # A cheap look at a sample first: most images show many values within a few thousand.
-    flat = data.reshape(-1)
-    sample = flat[:: max(1, flat.size // 100_000)]
     if np.unique(sample).size > MAX_LABEL_VALUES:
         return False
-    return np.unique(flat).size <= MAX_LABEL_VALUES
+    values = np.unique(data)
+    return values.size <= MAX_LABEL_VALUES and not (signed and values[0] < 0)

@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from .errors import ImageError
+from .lazy_arrays import is_on_disk, sample_values
 from .normalize import Normalization, resolve_method
 
 __all__ = [
@@ -128,6 +129,8 @@ def volume_limits(
 
 def _sample(data: np.ndarray) -> np.ndarray:
     """About :data:`MAX_SAMPLES` voxels (or fewer), evenly spread through ``data`` (1D)."""
+    if is_on_disk(data):  # a mapped file: read the rows of the sample, not every page
+        return sample_values(data, MAX_SAMPLES)
     if data.size > MAX_SAMPLES and data.ndim > 1 and not data.flags.c_contiguous:
         # Flattening a strided view (one channel of a volume) copies it: keep evenly spaced
         # slices first (at least 8, first and last included), then stride through those.

@@ -13,6 +13,7 @@ from .._layers import Plane, geometry_like, level0, spatial_shape
 from .._tasks import Task
 from ..core.automatic import AutoParams, segment_automatically
 from ..core.errors import NapariSamError
+from ..core.lazy_arrays import empty_labels
 from ..core.normalize import Normalization
 from .layer_menus import ROLE, add_quietly
 from .messages import report
@@ -212,7 +213,9 @@ class AutoPanel(Container):
         result: Any,
         engine: Any,
     ) -> Labels:
-        full = np.zeros(spatial_shape(image), np.int32)
+        # The plane's labels in a layer the size of the image; the other planes of a stack
+        # take no memory (empty_labels) until the user paints them.
+        full = empty_labels(spatial_shape(image), np.int32)
         plane.put(full, result.labels)
         table = pd.DataFrame({k: np.asarray(v) for k, v in result.table.items()})
         table.insert(0, "index", table["label"].astype(np.int64))

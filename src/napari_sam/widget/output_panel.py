@@ -24,6 +24,7 @@ from .._layers import (
     spatial_shape,
     write_objects,
 )
+from ..core.lazy_arrays import empty_labels
 from ..core.normalize import Normalization
 from .layer_menus import ROLE, add_quietly, selected, target_choices
 from .messages import report
@@ -257,18 +258,23 @@ class OutputPanel(Container):
         self._highest[uid] = highest
 
     def target_layer(self, image: Image) -> Labels:
-        """The chosen labels layer, or a new "SAM labels" layer over ``image``."""
+        """The chosen labels layer, or a new "SAM labels" layer over ``image``.
+
+        A new layer's memory follows what is committed or painted, not the size of the
+        stack (:func:`empty_labels`: a large stack gets an in-memory zarr array).
+        """
         host = self._host
         target = selected(self.target)
         if target is not None and target in host.viewer.layers:
             return target
         layer = Labels(
-            np.zeros(spatial_shape(image), np.int32),
+            empty_labels(spatial_shape(image), np.int32),
             name="SAM labels",
             metadata={ROLE: "labels"},
             **geometry_like(image),
         )
         layer = add_quietly(host.viewer, layer)
+        self._remember_highest(layer, 0)  # new and empty: the first commit need not scan it
         host.refresh_choices()
         with self.target.changed.blocked():
             self.target.value = layer
