@@ -20,6 +20,12 @@ def test_lazy_stack_plane_reads_commit_undo_and_auto_segment(
 ):
     # Labels as for a stack too large for NumPy (the default limit is 1 GiB).
     monkeypatch.setattr(lazy_arrays, "DENSE_LABELS_BYTES", 0)
+    # Only the embedding's reads are counted here: no prefetching of neighbouring planes and
+    # no hashing of the image for its session (both read other planes in their own workers).
+    monkeypatch.setattr("napari_sam.widget.plane_embedding.PREFETCH_REACH", 0)
+    monkeypatch.setattr(
+        "napari_sam.widget.session_panel.SessionPanel.image_changed", lambda self, image: None
+    )
     data = (np.arange(np.prod(SHAPE)) % 50_000).reshape(SHAPE).astype(np.uint16)
     lazy = ReadLog(data, chunks=(1, 512, 512))  # np.asarray(lazy) raises
     viewer, widget = make_widget(engine=GeometricEngine(small_model))

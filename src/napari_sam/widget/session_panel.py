@@ -31,6 +31,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sam_widget import SamWidget
 
 
+#: Lazily read images (dask, zarr, memory-mapped) larger than this are not hashed for a
+#: session: hashing reads every byte, and such data is not lost in a crash anyway.
+LAZY_HASH_LIMIT = 2 * 1024**3
+
+
 def _source_path(image: Image) -> str | None:
     path = getattr(getattr(image, "source", None), "path", None)
     return str(path) if path else None
@@ -101,6 +106,13 @@ class SessionPanel(Container):
         if image is None:
             return
         data = level0(image)
+        nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
+        if not isinstance(data, np.ndarray) and nbytes > LAZY_HASH_LIMIT:
+            self._host.set_status(
+                "Sessions and autosave are off for this image: it is read lazily and larger "
+                f"than {LAZY_HASH_LIMIT // 1024**3} GiB (identifying it would read all of it)."
+            )
+            return
         rgb = bool(image.rgb)
         source = _source_path(image)
 
