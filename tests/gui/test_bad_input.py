@@ -424,3 +424,29 @@ def test_a_box_tilted_against_the_image_uses_its_bounding_box_and_says_so(
     np.testing.assert_array_equal(target.data == OLD_ID + 1, expected & (before == 0))
     old_labels_kept(target.data, before)
     assert not messages(notes)
+
+
+def test_prompts_on_other_planes_are_ignored_and_said(make_widget, qtbot, geometric_engine, notes):
+    viewer, widget, _ = open_image(make_widget, qtbot, geometric_engine, noise((3, *SHAPE)))
+    target, before = add_target(viewer, widget, with_old_object((3, *SHAPE)))
+    here = viewer.dims.current_step[0]
+    click_and_commit(viewer, widget, qtbot, ((here + 1) % 3, *CLICK))
+    assert "(1 prompt(s) on other planes are ignored.)" in widget.candidate_info.value
+    assert messages(notes) == ["Nothing to commit: click a point or draw a box first."], notes
+    np.testing.assert_array_equal(target.data, before)
+
+
+def test_an_object_covered_by_existing_labels_is_not_written(
+    make_widget, qtbot, geometric_engine, notes
+):
+    viewer, widget, _ = open_image(make_widget, qtbot, geometric_engine, noise())
+    data = with_old_object(SHAPE)
+    data[10:50, 20:60] = OLD_ID  # covers the clicked object
+    target, before = add_target(viewer, widget, data)
+    click_and_commit(viewer, widget, qtbot, CLICK)
+    warnings = messages(notes, "warning")
+    assert warnings == [
+        "Nothing written: existing labels cover the object(s). Tick 'overwrite existing "
+        "labels' to replace them."
+    ], notes
+    np.testing.assert_array_equal(target.data, before)
