@@ -250,7 +250,7 @@ def test_a_target_that_cannot_take_the_object_refuses_and_keeps_its_labels(
     gui_worded(messages(notes))
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.uint64, bool])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint64, bool])
 def test_targets_of_other_integer_types_keep_their_type(
     dtype, make_widget, qtbot, geometric_engine, notes
 ):
@@ -450,3 +450,35 @@ def test_an_object_covered_by_existing_labels_is_not_written(
         "labels' to replace them."
     ], notes
     np.testing.assert_array_equal(target.data, before)
+
+
+# ------------------------------------------------------------------------------------------
+# A model that cannot be downloaded (offline)
+# ------------------------------------------------------------------------------------------
+
+
+def test_offline_download_says_what_to_do_in_the_widget(make_widget, qtbot, notes):
+    """The conftest points downloads at a closed port: as offline as it gets."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_sam.core.checkpoints import checkpoints_dir
+
+    viewer, widget = make_widget()
+    viewer.add_image(noise(), name="img")
+    wait_idle(qtbot, widget)
+    panel = widget.model_panel
+    assert panel.folder_help.native.isHidden()
+    widget.model.value = "vit_b"
+    wait_idle(qtbot, widget)
+    errors = messages(notes, "error")
+    assert len(errors) == 1 and "cannot download model 'vit_b'" in errors[0], notes
+    assert "choose 'custom checkpoint file…' in the model menu" in errors[0]
+    assert str(checkpoints_dir() / "sam_vit_b_01ec64.pth") in errors[0]
+    gui_worded(errors)
+    assert not panel.folder_help.native.isHidden()
+    panel.copy_folder.native.click()
+    assert QApplication.clipboard().text() == str(checkpoints_dir())
+    assert widget.status.value == f"Copied {checkpoints_dir()} to the clipboard."
+    widget.segment()  # what the buttons' tooltip says to do once the file is there
+    wait_idle(qtbot, widget)
+    assert len(messages(notes, "error")) == 2, "Segment did not try again"
