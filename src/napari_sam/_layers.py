@@ -288,8 +288,8 @@ def plane_prompts(
     ------
     PromptError
         When a point's ``label`` is neither positive nor negative, or a box on the plane has
-        no area (less than a pixel high or wide: a click with the rectangle tool, or a
-        rectangle squashed flat).
+        no area (less than a pixel high or wide: a rectangle squashed flat, or one clicked
+        without dragging while zoomed in).
     """
     points = np.zeros((0, 2))
     labels = np.zeros(0, int)

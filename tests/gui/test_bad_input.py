@@ -357,7 +357,7 @@ def _rectangle(r0, c0, r1, c1) -> np.ndarray:
             "misses the image",
         ),
         (
-            "zero-area box (a click with the rectangle tool)",
+            "zero-area box",
             lambda v: layer_named(v, "SAM boxes").add_rectangles(_rectangle(20, 30, 20, 30)),
             "shape 1 of 'SAM boxes' is 0.0 x 0.0 pixels: a box needs some height and width",
         ),
