@@ -482,3 +482,21 @@ def test_offline_download_says_what_to_do_in_the_widget(make_widget, qtbot, note
     widget.segment()  # what the buttons' tooltip says to do once the file is there
     wait_idle(qtbot, widget)
     assert len(messages(notes, "error")) == 2, "Segment did not try again"
+
+
+def test_propagation_into_a_target_of_another_shape_is_refused_before_it_runs(
+    make_widget, qtbot, geometric_engine, notes
+):
+    viewer, widget, _ = open_image(make_widget, qtbot, geometric_engine, noise((3, *SHAPE)))
+    target, before = add_target(viewer, widget, with_old_object((3, 60, 80)))
+    here = viewer.dims.current_step[0]
+    layer_named(viewer, "SAM boxes").add_rectangles(
+        np.array([[here, *c] for c in _rectangle(20, 30, 40, 50)], float)
+    )
+    wait_idle(qtbot, widget)
+    widget.propagate()
+    assert widget.runner.current("propagate") is None  # refused before any work
+    errors = messages(notes, "error")
+    assert len(errors) == 1, notes
+    assert "has shape (3, 60, 80) but the image 'img' has shape (3, 64, 80)" in errors[0]
+    np.testing.assert_array_equal(target.data, before)
