@@ -201,7 +201,9 @@ def test_an_image_larger_than_memory_says_so_and_commits_nothing(
     with dask.config.set(scheduler="synchronous"):  # blocks run in the reading thread
         viewer, widget, _ = open_image(make_widget, qtbot, geometric_engine, lazy)
         errors = messages(notes, "error")
-        assert len(errors) == 1 and "not enough memory" in errors[0], notes
+        # The session panel, which hashes the image, may run out of memory too: same words.
+        assert errors and all("not enough memory" in e for e in errors), notes
+        assert any("the embedding could not be computed" in e for e in errors), notes
         assert widget.embedding is None
         target, before = add_target(viewer, widget, with_old_object((4, *SHAPE)))
         click_and_commit(viewer, widget, qtbot, (viewer.dims.current_step[0], *CLICK))
