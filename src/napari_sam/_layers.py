@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -230,13 +230,42 @@ def _to_image_plane(
     return rc, on
 
 
+class PlanePrompts(NamedTuple):
+    """The prompts on one plane, in its (row, col) pixel coordinates (see :func:`plane_prompts`).
+
+    Attributes
+    ----------
+    points : ndarray
+        (N, 2) float.
+    labels : ndarray
+        (N,) int, 1 positive and 0 negative.
+    boxes : ndarray
+        (B, 4) float (row0, col0, row1, col1).
+    elsewhere : int
+        How many prompts lie on other planes (they are ignored).
+    tilted : int
+        How many rectangles are tilted against the image's pixel grid (their layer is rotated
+        or sheared relative to the image): SAM gets their bounding box, which is larger.
+    """
+
+    points: np.ndarray
+    labels: np.ndarray
+    boxes: np.ndarray
+    elsewhere: int
+    tilted: int
+
+
+#: A box whose corners map to within this many pixels of its bounding box is not tilted.
+_TILT_TOLERANCE_PX = 0.5
+
+
 def plane_prompts(
     points_layer: Any | None,
     boxes_layer: Any | None,
     image: Any,
     plane: Plane,
     world_point: Sequence[float],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+) -> PlanePrompts:
     """The prompts on the current plane, in its (row, col) pixel coordinates.
 
     Parameters
@@ -253,24 +282,19 @@ def plane_prompts(
 
     Returns
     -------
-    points : ndarray
-        (N, 2) float.
-    labels : ndarray
-        (N,) int, 1 positive and 0 negative.
-    boxes : ndarray
-        (B, 4) float (row0, col0, row1, col1).
-    elsewhere : int
-        How many prompts lie on other planes (they are ignored).
+    PlanePrompts
 
     Raises
     ------
     PromptError
-        When a point's ``label`` is neither positive nor negative.
+        When a point's ``label`` is neither positive nor negative, or a box on the plane has
+        no area (less than a pixel high or wide: a rectangle squashed flat, or one clicked
+        without dragging while zoomed in).
     """
     points = np.zeros((0, 2))
     labels = np.zeros(0, int)
     boxes = np.zeros((0, 4))
-    elsewhere = 0
+    elsewhere = tilted = 0
     if points_layer is not None and len(points_layer.data):
         rc, on = _to_image_plane(points_layer, points_layer.data, image, plane, world_point)
         feats = points_layer.features
@@ -285,17 +309,38 @@ def plane_prompts(
         elsewhere += int((~on).sum())
     if boxes_layer is not None and len(boxes_layer.data):
         found = []
-        for verts, kind in zip(boxes_layer.data, boxes_layer.shape_type, strict=True):
+        for n, (verts, kind) in enumerate(
+            zip(boxes_layer.data, boxes_layer.shape_type, strict=True)
+        ):
             if kind not in BOX_SHAPES:
                 continue
             rc, on = _to_image_plane(boxes_layer, verts, image, plane, world_point)
             if not on.all():
                 elsewhere += 1
                 continue
-            found.append([*rc.min(axis=0), *rc.max(axis=0)])
+            lo, hi = rc.min(axis=0), rc.max(axis=0)
+            _check_box_area(boxes_layer.name, n, hi - lo)
+            tilted += kind == "rectangle" and _is_tilted(rc, lo, hi)
+            found.append([*lo, *hi])
         if found:
             boxes = np.array(found, float)
-    return points, labels, boxes, elsewhere
+    return PlanePrompts(points, labels, boxes, elsewhere, tilted)
+
+
+def _check_box_area(layer_name: str, index: int, size: np.ndarray) -> None:
+    """Refuse a box less than a pixel high or wide: SAM would segment a line."""
+    if (size < 1).any():
+        raise PromptError(
+            f"shape {index + 1} of {layer_name!r} is {size[0]:.1f} x {size[1]:.1f} pixels: a "
+            "box needs some height and width. Drag across the object to draw a box, or "
+            "delete that shape"
+        )
+
+
+def _is_tilted(rc: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bool:
+    """Whether some corner of a mapped rectangle lies off its bounding box's corners."""
+    off = np.minimum(np.abs(rc - lo), np.abs(rc - hi))
+    return bool((off > _TILT_TOLERANCE_PX).any())
 
 
 def prompts_on_plane(
@@ -387,10 +432,22 @@ def preview_array(image: Any, plane: Plane, label_image: np.ndarray) -> np.ndarr
 # ------------------------------------------------------------------------------------------
 
 
-def check_target(labels: Any, image: Any) -> None:
-    """Raise ImageError unless ``labels`` can receive masks of ``image``."""
+def check_target(labels: Any, image: Any) -> str | None:
+    """Raise ImageError unless ``labels`` can receive masks of ``image``.
+
+    Returns
+    -------
+    str or None
+        A note for the user when the layers have the same shape but are placed differently
+        in the world (another scale, translation, rotation, shear or affine): masks are
+        written pixel for pixel, which is right for labels made for this image but opened
+        without its scale, and the note says so and how to line the layers up.
+    """
     if getattr(labels, "multiscale", False):
-        raise ImageError(f"cannot write into the multiscale labels layer {labels.name!r}")
+        raise ImageError(
+            f"cannot write into the multiscale labels layer {labels.name!r} (napari cannot "
+            "paint into it either); choose another target or a new layer"
+        )
     want = spatial_shape(image)
     got = tuple(labels.data.shape)
     if got != want:
@@ -398,6 +455,27 @@ def check_target(labels: Any, image: Any) -> None:
             f"the labels layer {labels.name!r} has shape {got} but the image "
             f"{image.name!r} has shape {want}; choose another target or a new layer"
         )
+    differ = [name for name in _PLACEMENT if not _same_placement(labels, image, name)]
+    if not differ:
+        return None
+    return (
+        f"{labels.name!r} and {image.name!r} differ in {', '.join(differ)}: the object was "
+        f"written pixel for pixel, so it appears where {labels.name!r} places those pixels. "
+        f"To line the layers up, right-click {image.name!r} in the layer list > Copy scale "
+        f"and transforms > Copy all to clipboard, then right-click {labels.name!r} > Apply "
+        "scale/transforms from Clipboard"
+    )
+
+
+#: Layer attributes that place data in the world.
+_PLACEMENT = ("scale", "translate", "rotate", "shear", "affine")
+
+
+def _same_placement(a: Any, b: Any, name: str) -> bool:
+    va, vb = getattr(a, name), getattr(b, name)
+    if name == "affine":
+        va, vb = va.affine_matrix, vb.affine_matrix
+    return np.allclose(np.asarray(va, float), np.asarray(vb, float))
 
 
 @dataclass(frozen=True)

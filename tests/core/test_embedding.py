@@ -13,6 +13,7 @@ from napari_sam.core.embedding import (
     EmbeddingCache,
     EmbeddingStore,
     ImageEmbedding,
+    check_not_too_thin,
     check_rgb,
     compute_embedding,
     image_key,
@@ -336,3 +337,22 @@ def test_check_rgb_accepts_uint8_rgb():
 def test_compute_embedding_checks_the_image_first(small_model):
     with pytest.raises(ImageError, match="prepare_image"):
         compute_embedding(small_model, np.zeros((8, 8), np.uint16))
+
+
+@pytest.mark.parametrize(
+    ("shape", "thin"),
+    [((1, 2048), False), ((2048, 1), False), ((1, 2049), True), ((3000, 1), True)],
+)
+def test_images_too_thin_for_sams_resize_are_refused_before_the_encoder(shape, thin):
+    """1024 across the longest side leaves int(1024 / 2049 + 0.5) = 0 pixels across."""
+    if thin:
+        with pytest.raises(ImageError, match=rf"{shape[0]}x{shape[1]} pixels, too thin"):
+            check_not_too_thin(shape, 1024)
+    else:
+        check_not_too_thin(shape, 1024)
+
+
+def test_compute_embedding_of_a_line_scan_says_it_is_too_thin(small_model):
+    size = small_model.sam.image_encoder.img_size
+    with pytest.raises(ImageError, match="too thin"):
+        compute_embedding(small_model, np.zeros((1, 2 * size + 1, 3), np.uint8))

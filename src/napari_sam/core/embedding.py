@@ -86,6 +86,23 @@ def check_rgb(rgb: np.ndarray) -> None:
         raise ImageError(f"expected a (H, W, 3) image, got shape {rgb.shape}")
 
 
+def check_not_too_thin(shape: tuple[int, int], size: int) -> None:
+    """Raise :class:`ImageError` when SAM's resize would leave ``shape`` under a pixel across.
+
+    SAM scales the longest side to ``size`` pixels (rounding the other side), so an image
+    more than ``2 * size`` times longer than it is wide (a 1x3000 line scan) would become
+    zero pixels across, and the encoder would fail with a message no user can act on.
+    """
+    h, w = (int(v) for v in shape)
+    longest, shortest = max(h, w), min(h, w)
+    if int(shortest * size / longest + 0.5) < 1:
+        raise ImageError(
+            f"the image is {h}x{w} pixels, too thin for SAM: it scales the longest side to "
+            f"{size} pixels, which leaves less than one pixel across (the longest side may "
+            f"be at most {2 * size} times the shortest); use a wider region of the image"
+        )
+
+
 def compute_embedding(
     model: LoadedModel,
     rgb: np.ndarray,
@@ -121,6 +138,7 @@ def compute_embedding(
     check_rgb(rgb)
     sam = model.sam
     encoder = sam.image_encoder
+    check_not_too_thin(rgb.shape[:2], encoder.img_size)
     t0 = time.perf_counter()
     resized = resize_image(rgb, encoder.img_size)
     x = torch.as_tensor(resized, device=sam.device).permute(2, 0, 1).contiguous()[None]

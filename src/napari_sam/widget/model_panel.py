@@ -262,7 +262,7 @@ class ModelPanel(Container):
         self.folder_help.visible = shown
         self.open_folder.visible = self.copy_folder.visible = shown
         if shown:
-            tip = f"Put the checkpoint file into {folder}, then choose the model again."
+            tip = f"Put the checkpoint file into {folder}, then press Segment to load it."
             self.open_folder.tooltip = self.copy_folder.tooltip = tip
 
     def _open_folder(self) -> None:

@@ -122,11 +122,16 @@ class OutputPanel(Container):
             self._pending = None
             self.commit()
 
-    def preview_failed(self, *, nothing: bool = False) -> None:
+    def preview_failed(self, *, nothing: bool = False, why: str | None = None) -> None:
+        """The preview a commit may wait for will not come: ``nothing`` to preview, or
+        prompts SAM cannot use (``why``)."""
         if self.commit_pending:
             self._pending = None
             if nothing:
                 self._host.notify("Nothing to commit: click a point or draw a box first.")
+            elif why:
+                self._host.set_status(f"Nothing committed: {why}")
+                self._host.warn(f"Nothing committed: {why}")
 
     # -- committing --
 
@@ -173,7 +178,7 @@ class OutputPanel(Container):
         engine = host.model_panel.engine
         assert preview is not None and image is not None and engine is not None
         labels = self.target_layer(image)
-        check_target(labels, image)
+        placed_elsewhere = check_target(labels, image)
         written = write_objects(
             labels,
             preview.plane,
@@ -212,6 +217,8 @@ class OutputPanel(Container):
         self._record(labels, preview, norm, engine, written)
         ids = ", ".join(str(w.label) for w in written)
         host.set_status(f"Committed label {ids} to {labels.name!r}.")
+        if placed_elsewhere:
+            host.warn(placed_elsewhere)
         if self.clear_after.value:
             host.prompt_panel.clear_plane()
         else:

@@ -39,6 +39,42 @@ class Embedded:
     embedding: Any
     rgb: np.ndarray
     cached: bool
+    #: Why SAM's input is one flat colour (see :func:`blank_input_note`), or None.
+    note: str | None = None
+
+
+def blank_input_note(plane: np.ndarray, rgb: np.ndarray) -> str | None:
+    """Why SAM's input ``rgb``, made from the image plane ``plane``, is one flat colour.
+
+    None when it is not. SAM finds nothing in a blank image (every object would be a guess),
+    so the user is told why it is blank: a plane of NaN, a constant plane, or intensity
+    settings that map every pixel to the same grey (e.g. contrast limits far from the data).
+    Costs two reductions of ``rgb``; ``plane`` is only looked at when ``rgb`` is blank.
+    """
+    if np.ptp(rgb.reshape(-1, rgb.shape[-1]), axis=0).any():
+        return None
+    values = np.asarray(plane)
+    if values.dtype == np.bool_:
+        values = values.view(np.uint8)
+    pixels = values.reshape(values.shape[0] * values.shape[1], -1)  # a row per pixel
+    if pixels.dtype.kind in "fc":
+        pixels = pixels[np.isfinite(pixels).all(axis=1)]
+    if not len(pixels):
+        why = "every pixel of this plane is NaN or infinite"
+        what = "Choose another image or plane"
+    elif not np.ptp(pixels, axis=0).any():
+        first = pixels[0]
+        value = f"value {first[0]:g}" if len(first) == 1 else f"colour {tuple(first.tolist())}"
+        some = "" if len(pixels) == values.shape[0] * values.shape[1] else " that is a number"
+        why = f"every pixel{some} of this plane has the {value}"
+        what = "Choose another image or plane"
+    else:
+        why = "the intensity settings map every pixel of this plane to the same grey"
+        what = (
+            "Set the contrast limits around the data (layer controls, right-click the "
+            "slider to reset them) or choose intensities 'percentiles'"
+        )
+    return f"SAM sees a blank image: {why}, so there is nothing to segment. {what}."
 
 
 class PlaneEmbedder:
@@ -52,8 +88,10 @@ class PlaneEmbedder:
         self.embedded: Embedded | None = None
         self.data_version = 0
         self._stopped_key: tuple | None = None  # cancelled or failed: no automatic retry
-        #: Why the last embedding is missing ("cancelled", "failed") or None.
+        #: Why the last embedding is missing ("cancelled", "stopped by an error") or None;
+        #: it ends the sentence "the image embedding was ...".
         self.missing_because: str | None = None
+        self._last_note: str | None = None  # the last blank-input warning shown
         #: How many late results were thrown away (the image, slice, model or normalisation
         #: had changed by the time they arrived).
         self.discarded = 0
@@ -111,14 +149,17 @@ class PlaneEmbedder:
         engine = host.model_panel.engine
         generation = self.generation.value
 
-        def job(task: Task) -> tuple[Any, np.ndarray, bool]:
+        def job(task: Task) -> tuple[Any, np.ndarray, bool, str | None]:
             task.check("reading the plane")
-            rgb = norm.apply(plane.take(data), rgb=rgb_layer)
+            values = plane.take(data)
+            rgb = norm.apply(values, rgb=rgb_layer)
+            note = blank_input_note(values, rgb)
+            del values  # not held while the encoder runs
             task.check("normalising")
             cached = engine.cached_embedding(rgb) is not None
             task.may_yield = lambda: not engine.in_forward()
             emb = engine.embed(rgb, progress=task.progress, cancel=task.is_cancelled)
-            return emb, rgb, cached
+            return emb, rgb, cached, note
 
         def done(task: Task, result: Any, error: BaseException | None) -> None:
             if not self.generation.is_current(generation) or self.key != key:
@@ -127,7 +168,7 @@ class PlaneEmbedder:
             if error is not None:
                 self._stopped_key = key
                 cancelled = isinstance(error, Cancelled)
-                self.missing_because = "cancelled" if cancelled else "failed"
+                self.missing_because = "cancelled" if cancelled else "stopped by an error"
                 if cancelled:
                     host.set_status(
                         f"Embedding cancelled; press Segment ({key_text('segment')}) "
@@ -137,9 +178,12 @@ class PlaneEmbedder:
                     host.set_status(report(error, "the embedding could not be computed"))
                 host.on_embedding_missing()
                 return
-            embedding, rgb, cached = result
-            self.embedded = Embedded(key, plane, engine, embedding, rgb, cached)
+            embedding, rgb, cached, note = result
+            self.embedded = Embedded(key, plane, engine, embedding, rgb, cached, note)
             self.status_ready()
+            if note is not None and note != self._last_note:
+                host.warn(note)  # once per cause, not on every blank slice of a stack
+            self._last_note = note
             host.preview_controller.schedule()
             self.prefetch()
 
@@ -206,8 +250,11 @@ class PlaneEmbedder:
         emb = self.embedded.embedding
         took = "cached" if self.embedded.cached else f"{emb.seconds:.1f} s"
         where = self.embedded.plane.describe(host.axis_labels())
+        note = self.embedded.note
         host.set_status(
-            f"{model.name} on {model.device} · embedding {took}" + (f" · {where}" if where else "")
+            f"{model.name} on {model.device} · embedding {took}"
+            + (f" · {where}" if where else "")
+            + (f" · {note}" if note else "")
         )
 
     @property

@@ -34,6 +34,7 @@ class PreviewController:
         self.preview_version = -1  # the prompt version the preview shows
         self._again = False  # prompts changed while a prediction ran
         self.force = False  # compute even with live preview off (Segment, Commit)
+        self.note: str | None = None  # said after the preview's description
         self.timer = QTimer(host.native)
         self.timer.setSingleShot(True)
         self.timer.timeout.connect(self.run)
@@ -73,7 +74,7 @@ class PreviewController:
         self.force = False
         plane = planes.plane
         try:
-            points, labels, boxes, elsewhere = plane_prompts(
+            found = plane_prompts(
                 selected(host.prompt_panel.points_layer),
                 selected(host.prompt_panel.boxes_layer),
                 host.image_layer(),
@@ -81,21 +82,21 @@ class PreviewController:
                 host.viewer.dims.point,
             )
             objects = build_objects(
-                points,
-                labels,
-                boxes,
+                found.points,
+                found.labels,
+                found.boxes,
                 per_point=host.prompt_panel.per_point.value,
                 image_shape=plane.shape,
             )
         except NapariSamError as e:
             self.show(None, e.for_gui())
-            host.output_panel.preview_failed()
+            host.output_panel.preview_failed(why=e.for_gui())
             return
         version = self.prompt_version
         if not objects:
             hint = "Click inside an object, or draw a box."
-            if elsewhere:
-                hint += f" ({elsewhere} prompt(s) on other planes are ignored.)"
+            if found.elsewhere:
+                hint += f" ({found.elsewhere} prompt(s) on other planes are ignored.)"
             self.show(None, hint)
             self.preview_version = version
             host.output_panel.preview_failed(nothing=True)
@@ -120,6 +121,7 @@ class PreviewController:
                     host.set_status(report(error, "the prediction failed"))
                 return
             self.preview_version = version
+            self.note = _tilted_note(found.tilted)
             self.show(Preview(plane, result, calls=objects))
             host.output_panel.preview_ready()
             planes.prefetch()  # a click cancelled it: carry on embedding ahead
@@ -165,7 +167,9 @@ class PreviewController:
             layer.data = data
             layer.scale = placement["scale"]
             layer.translate = placement["translate"]
-        host.prompt_panel.candidate_info.value = preview.describe()
+        host.prompt_panel.candidate_info.value = preview.describe() + (
+            f" · {self.note}" if self.note else ""
+        )
         host.prompt_panel.next_candidate_button.enabled = preview.n_candidates > 1
 
     def _place_below_prompts(self) -> None:
@@ -189,3 +193,13 @@ class PreviewController:
             return False
         self.draw()
         return True
+
+
+def _tilted_note(tilted: int) -> str | None:
+    """What the user should know about boxes drawn tilted against the image's pixel grid."""
+    if not tilted:
+        return None
+    return (
+        f"{tilted} box(es) are tilted against the image (their layer is rotated or sheared "
+        "relative to it): SAM used their bounding box in the image's pixel grid"
+    )

@@ -17,7 +17,7 @@ import pandas as pd
 from magicgui.widgets import Container, FloatSpinBox, Label, PushButton
 from napari.layers import Labels
 
-from .._layers import Plane, geometry_like, level0, spatial_shape
+from .._layers import Plane, check_target, geometry_like, level0, spatial_shape
 from .._stack import key_slice_objects, prompts_by_slice, slice_plane, write_stack
 from .._tasks import Task
 from ..core.errors import NapariSamError
@@ -104,6 +104,18 @@ class VolumePanel(Container):
 
         return image, plane, axis, SliceStack(rgb_of, (n, *plane.shape), axis=0)
 
+    def _target_fits(self, image: Image) -> bool:
+        """Refuse a chosen target that cannot take the result now, not after minutes of work."""
+        target = selected(self._host.output_panel.target)
+        if target is None:
+            return True  # a new layer is made for the result
+        try:
+            check_target(target, image)
+        except NapariSamError as e:
+            self._host.error(e.for_gui())
+            return False
+        return True
+
     def _model_ready(self) -> bool:
         if self._host.model_panel.ensure_model(force=True):
             return True
@@ -121,7 +133,7 @@ class VolumePanel(Container):
         """Propagate every prompted object through the stack (in a worker)."""
         host = self._host
         stack = self._stack()
-        if stack is None or not self._model_ready():
+        if stack is None or not self._target_fits(stack[0]) or not self._model_ready():
             return
         image, plane, axis, slices = stack
         prompts = host.prompt_panel
@@ -172,6 +184,7 @@ class VolumePanel(Container):
         host = self._host
         labels = host.output_panel.target_layer(image)
         try:
+            placed_elsewhere = check_target(labels, image)  # it may have changed meanwhile
             written = write_stack(
                 labels, plane, axis, result.labels, overwrite=host.output_panel.overwrite.value
             )
@@ -181,6 +194,8 @@ class VolumePanel(Container):
         if not written:
             host.warn("Nothing written: existing labels cover the propagated object(s).")
             return
+        if placed_elsewhere:
+            host.warn(placed_elsewhere)
         table = pd.DataFrame(dict(result.table))
         table = table[table["label"].isin(list(written))].copy()
         table.insert(0, "index", [written[int(k)] for k in table.pop("label")])
