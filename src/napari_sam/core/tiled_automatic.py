@@ -137,27 +137,47 @@ def _matches(
     by_tile: dict[int, list[int]] = {}
     for i, m in enumerate(masks):
         by_tile.setdefault(m.tile, []).append(i)
+    blocks = np.array([t.block for t in tiles]).reshape(-1, 4)
+    # Pairs of tiles whose blocks overlap (a few neighbours each), found at once.
+    meets = (
+        (blocks[:, None, 0] < blocks[None, :, 2])
+        & (blocks[None, :, 0] < blocks[:, None, 2])
+        & (blocks[:, None, 1] < blocks[None, :, 3])
+        & (blocks[None, :, 1] < blocks[:, None, 3])
+    )
     pairs = []
-    for a in tiles:
-        for b in tiles:
-            if b.index <= a.index or a.index not in by_tile or b.index not in by_tile:
-                continue
+    for ia, ib in zip(*np.nonzero(np.triu(meets, 1)), strict=True):
+        a, b = tiles[ia], tiles[ib]
+        if a.index in by_tile and b.index in by_tile:
             shared = _overlap(a.block, b.block)
-            if shared is None:
-                continue
-            for i in by_tile[a.index]:
-                box_i = _overlap(masks[i].box, shared)
-                if box_i is None:
-                    continue
-                for j in by_tile[b.index]:
-                    if _overlap(masks[j].box, box_i) is None:
-                        continue
-                    mi, mj = _crop(masks[i].region, shared), _crop(masks[j].region, shared)
-                    union = np.logical_or(mi, mj).sum()
-                    score = np.logical_and(mi, mj).sum() / union if union else 0.0
-                    if score >= match_iou:
-                        pairs.append((float(score), i, j))
+            pairs += _pairs_in(shared, by_tile[a.index], by_tile[b.index], masks, match_iou)
     pairs.sort(key=lambda p: -p[0])
+    return pairs
+
+
+def _pairs_in(
+    shared: tuple[int, int, int, int] | None,
+    first: list[int],
+    second: list[int],
+    masks: list[_Mask],
+    match_iou: float,
+) -> list[tuple[float, int, int]]:
+    """Matching pairs between two tiles' masks, judged inside their shared region."""
+    pairs: list[tuple[float, int, int]] = []
+    if shared is None:
+        return pairs
+    for i in first:
+        box_i = _overlap(masks[i].box, shared)
+        if box_i is None:
+            continue
+        for j in second:
+            if _overlap(masks[j].box, box_i) is None:
+                continue
+            mi, mj = _crop(masks[i].region, shared), _crop(masks[j].region, shared)
+            union = np.logical_or(mi, mj).sum()
+            score = np.logical_and(mi, mj).sum() / union if union else 0.0
+            if score >= match_iou:
+                pairs.append((float(score), i, j))
     return pairs
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -149,15 +150,15 @@ class TileGrid:
         """(rows, cols) of tiles."""
         return len(self._row_cores), len(self._col_cores)
 
-    @property
+    @cached_property
     def _row_cores(self) -> list[tuple[int, int]]:
         return _cores(self.image_shape[0], self.tile[0])
 
-    @property
+    @cached_property
     def _col_cores(self) -> list[tuple[int, int]]:
         return _cores(self.image_shape[1], self.tile[1])
 
-    @property
+    @cached_property
     def tiles(self) -> list[Tile]:
         """Every tile, row by row."""
         (h, w), (bh, bw) = self.image_shape, self.block_shape
