@@ -233,3 +233,20 @@ def test_tiling_finds_small_real_nuclei(tiny_engine):
     assert len(tiled_embedding.embedded) < len(grid) / 3
     assert tiled >= REAL_TILED_BOX_IOU, (tiled, untiled)
     assert untiled <= REAL_UNTILED_BOX_IOU_MAX, (tiled, untiled)
+
+
+def test_a_store_of_another_model_or_grid_is_refused(tiny_engine, image, tmp_path):
+    from types import SimpleNamespace
+
+    from napari_sam.core.errors import EmbeddingStoreError, ImageError
+    from napari_sam.core.tile_store import StoreSignature, TileStore
+
+    other = SimpleNamespace(model_id="vit_b-0123", sha256="0" * 64, precision="fp32")
+    store = TileStore.open(tmp_path / "a.zarr", StoreSignature.make(other, "none", GRID))
+    with pytest.raises(EmbeddingStoreError, match="embeddings of vit_b-0123"):
+        open_tiled(tiny_engine, image, GRID, store=store)
+    grid = TileGrid(GRID.image_shape, (100, 100), (10, 10))
+    with pytest.raises(EmbeddingStoreError, match="another tile grid"):
+        open_tiled(tiny_engine, image, grid, store=store)
+    with pytest.raises(ImageError, match="300 x 400 image, not 30 x 40"):
+        open_tiled(tiny_engine, image[:30, :40], GRID)

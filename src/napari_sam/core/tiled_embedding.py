@@ -24,7 +24,7 @@ from .embedding import (
     check_rgb,
     image_key,
 )
-from .errors import Cancelled, ImageError
+from .errors import Cancelled, EmbeddingStoreError, ImageError
 from .tile_store import OnMismatch, TileStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -197,7 +197,15 @@ def open_tiled(
     key = image_key(rgb)
     if store is not None:
         if store.signature.tiling != grid.to_dict():
-            raise ImageError(f"the embedding store {store.path} holds another tile grid")
+            raise EmbeddingStoreError(
+                f"the embedding store {store.path} holds another tile grid "
+                f"({store.signature.tiling}, not {grid.to_dict()})"
+            )
+        if store.signature.model_id != engine.model_id:
+            raise EmbeddingStoreError(
+                f"the embedding store {store.path} holds embeddings of "
+                f"{store.signature.model_id}, not of {engine.model_id}"
+            )
         store.check_plane(plane, key, on_mismatch=on_mismatch)
     return TiledEmbedding(
         grid=grid,
