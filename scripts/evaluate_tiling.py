@@ -60,17 +60,23 @@ def montage(image: np.ndarray, labels: np.ndarray, n: int = 4) -> tuple[np.ndarr
     return np.concatenate(rows_img), np.concatenate(rows_lab)
 
 
-def objects(labels: np.ndarray, min_area: int) -> list[np.ndarray]:
+def objects(labels: np.ndarray, min_area: int, max_objects: int) -> list[np.ndarray]:
+    """Full-size masks of the objects of at least ``min_area`` px (a random subset, seed 0)."""
     from scipy import ndimage as ndi
 
+    found = [
+        (i, sl)
+        for i, sl in enumerate(ndi.find_objects(labels), start=1)
+        if sl is not None and (labels[sl] == i).sum() >= min_area
+    ]
+    if len(found) > max_objects:
+        keep = np.random.default_rng(0).choice(len(found), max_objects, replace=False)
+        found = [found[k] for k in sorted(keep)]
     out = []
-    for i, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is None:
-            continue
+    for i, sl in found:
         m = np.zeros(labels.shape, bool)
         m[sl] = labels[sl] == i
-        if m.sum() >= min_area:
-            out.append(m)
+        out.append(m)
     return out
 
 
@@ -118,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="every real image of tests/data/real")
     ap.add_argument("--shared", nargs="*", type=Path, default=[], help="more image folders")
     ap.add_argument("--min-area", type=int, default=20)
+    ap.add_argument(
+        "--max-objects", type=int, default=300, help="a random subset per image (seed 0)"
+    )
+    ap.add_argument("--only", nargs="*", default=None, help="image names to run (substrings)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
 
@@ -142,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| image | size | objects | tiling | blocks (scale) | box IoU | click IoU | embed s |")
     print("|---|---|---:|---|---|---:|---:|---:|")
     for name, image, labels in sets:
+        if args.only and not any(o in name for o in args.only):
+            continue
         rgb = prepare_image(image)
-        masks = objects(labels, args.min_area)
+        masks = objects(labels, args.min_area, args.max_objects)
         grids = [None] + [
             TileGrid(rgb.shape[:2], (int(t), int(t)), (int(h), int(h)))
             for t, h in (s.split(",") for s in args.tilings)
