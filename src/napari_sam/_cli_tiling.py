@@ -167,8 +167,7 @@ def segment_tiles(
     pred = predict_tiled(engine, tiled, prompts)
     labels = np.zeros(rgb.shape[:2], np.int32)
     for obj in range(pred.n_objects):
-        y0, x0, m = pred.region(obj)
-        labels[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]][m] = obj + 1
+        pred.region(obj).paint(labels, obj + 1)
     for obj in range(pred.n_objects):
         tiles = pred.tiles_of(obj)
         where = f"tile {tiles[0]}" if len(tiles) == 1 else f"merged from tiles {tiles}"

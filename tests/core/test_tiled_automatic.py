@@ -11,15 +11,11 @@ import numpy as np
 import pytest
 
 from napari_sam.core import tiled_automatic
-from napari_sam.core.automatic import (
-    AutoParams,
-    RegionMask,
-    masks_to_labels,
-    segment_automatically,
-)
+from napari_sam.core.automatic import AutoParams, masks_to_labels, segment_automatically
 from napari_sam.core.errors import Cancelled
 from napari_sam.core.metrics import best_match_iou
 from napari_sam.core.normalize import prepare_image
+from napari_sam.core.region_mask import RegionMask
 from napari_sam.core.synthetic import make_montage
 from napari_sam.core.tile_store import StoreSignature, TileStore
 from napari_sam.core.tiled_automatic import segment_tiled

@@ -16,6 +16,7 @@ from napari_sam.core.engine import SamEngine
 from napari_sam.core.metrics import bounding_box, iou
 from napari_sam.core.normalize import prepare_image
 from napari_sam.core.prompts import Prompts
+from napari_sam.core.region_mask import RegionMask
 from napari_sam.core.synthetic import make_montage
 from napari_sam.core.tiled_embedding import embed_tiled, open_tiled
 from napari_sam.core.tiled_prompts import plan_tiles, predict_tiled
@@ -30,14 +31,14 @@ REAL_UNTILED_BOX_IOU_MAX = 0.15  # measured 0.04
 
 
 class _Answer:
-    """What TiledPrediction reads from a Prediction: masks and scores."""
+    """What TiledPrediction reads from a Prediction: regions and scores."""
 
     def __init__(self, masks: list[np.ndarray], scores: np.ndarray) -> None:
         self._masks = masks
         self.scores = scores
 
-    def mask(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
-        return self._masks[obj]
+    def region(self, obj: int = 0, candidate: int | None = None) -> RegionMask:
+        return RegionMask.from_mask(self._masks[obj])
 
 
 def _box_mask(shape, box) -> np.ndarray:
@@ -107,8 +108,8 @@ def test_boxes_anywhere_give_their_exact_mask_at_full_resolution(geometric, imag
     assert len(pred.tiles_of(0)) == 1 and len(pred.tiles_of(1)) == 1
     assert sorted(pred.tiles_of(2)) == [0, 1, 2, 3] and sorted(pred.tiles_of(3)) == [0, 1, 2, 3]
     assert pred.score(2) == pytest.approx(0.8)
-    _, _, region = pred.region(0)
-    assert region.shape == GRID.block_shape and region.sum() == 51 * 61
+    region = pred.region(0)
+    assert (region.y0, region.x0, region.mask.shape) == (10, 20, (51, 61)) and region.mask.all()
 
 
 def test_a_click_goes_to_the_tile_where_it_is_most_central(geometric, image):

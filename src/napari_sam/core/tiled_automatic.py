@@ -35,7 +35,6 @@ import numpy as np
 from .automatic import (
     AutoParams,
     AutoSegmentation,
-    RegionMask,
     count_steps,
     generate_records,
     masks_to_labels,
@@ -43,6 +42,7 @@ from .automatic import (
 from .embedding import CancelCheck, ProgressCallback
 from .engine import SamEngine
 from .errors import Cancelled, NapariSamError
+from .region_mask import RegionMask
 from .tiled_embedding import TileCallback, TiledEmbedding
 from .tiling import Tile
 
@@ -70,11 +70,10 @@ class _Mask:
 def _trimmed(segmentation: RegionMask | np.ndarray, y0: int, x0: int) -> RegionMask | None:
     """A record's mask as a RegionMask cut to its bounding box, moved by (y0, x0)."""
     r = segmentation if isinstance(segmentation, RegionMask) else RegionMask(0, 0, segmentation)
-    rows, cols = np.flatnonzero(r.mask.any(1)), np.flatnonzero(r.mask.any(0))
-    if not len(rows):
+    r = r.trimmed()
+    if not r.mask.size:
         return None
-    m = r.mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    return RegionMask(r.y0 + int(rows[0]) + y0, r.x0 + int(cols[0]) + x0, m)
+    return RegionMask(r.y0 + y0, r.x0 + x0, r.mask)
 
 
 def _crop(region: RegionMask, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import PromptError
 from .prompts import POSITIVE, Prompts, make_prompts
+from .region_mask import RegionMask
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embedding import CancelCheck, ProgressCallback
@@ -107,15 +108,21 @@ class Piece:
     obj: int
     core_only: bool
 
-    def mask(self, tile: Tile, candidate: int) -> np.ndarray:
-        """The piece's boolean mask in block coordinates (only the core when ``core_only``)."""
-        m = self.prediction.mask(self.obj, candidate)
+    def region(self, tile: Tile, candidate: int) -> RegionMask:
+        """The piece's mask in image coordinates (only inside the core when ``core_only``)."""
+        r = self.prediction.region(self.obj, candidate)
+        by0, bx0 = tile.block[:2]
+        r = RegionMask(r.y0 + by0, r.x0 + bx0, r.mask)
         if not self.core_only:
-            return m
-        out = np.zeros_like(m)
-        core = tile.core_in_block()
-        out[core] = m[core]
-        return out
+            return r
+        y0, x0, y1, x1 = tile.core
+        h, w = r.mask.shape
+        a0, b0 = max(y0, r.y0), max(x0, r.x0)
+        a1, b1 = min(y1, r.y0 + h), min(x1, r.x0 + w)
+        if a0 >= a1 or b0 >= b1:
+            return RegionMask(0, 0, np.zeros((0, 0), bool))
+        inside = r.mask[a0 - r.y0 : a1 - r.y0, b0 - r.x0 : b1 - r.x0]
+        return RegionMask(a0, b0, inside).trimmed()
 
 
 @dataclass
@@ -137,9 +144,7 @@ class TiledPrediction:
     pieces: list[list[Piece]]
     scores: np.ndarray
     best: np.ndarray
-    _cache: dict[tuple[int, int], tuple[int, int, np.ndarray]] = field(
-        default_factory=dict, repr=False
-    )
+    _cache: dict[tuple[int, int], RegionMask] = field(default_factory=dict, repr=False)
 
     @property
     def n_objects(self) -> int:
@@ -164,32 +169,36 @@ class TiledPrediction:
             raise PromptError(f"candidate {k} does not exist (0..{self.n_candidates - 1})")
         return obj, k
 
-    def region(self, obj: int = 0, candidate: int | None = None) -> tuple[int, int, np.ndarray]:
-        """(y0, x0, mask): the object's mask inside the box of the blocks that made it.
+    def region(self, obj: int = 0, candidate: int | None = None) -> RegionMask:
+        """The mask of one object inside its bounding box, in full-image coordinates.
 
-        Cheaper than :meth:`mask` for a large image (the work follows the tiles, not the
-        image).
+        Computed once per candidate; memory and work follow the object, not the image.
         """
         obj, k = self._index(obj, candidate)
         if (obj, k) not in self._cache:
-            tiles = [self.grid.tiles[p.tile] for p in self.pieces[obj]]
-            y0 = min(t.block[0] for t in tiles)
-            x0 = min(t.block[1] for t in tiles)
-            y1 = max(t.block[2] for t in tiles)
-            x1 = max(t.block[3] for t in tiles)
-            out = np.zeros((y1 - y0, x1 - x0), bool)
-            for piece, t in zip(self.pieces[obj], tiles, strict=True):
-                by0, bx0, by1, bx1 = t.block
-                out[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] |= piece.mask(t, k)
-            self._cache[(obj, k)] = (y0, x0, out)
+            parts = [p.region(self.grid.tiles[p.tile], k) for p in self.pieces[obj]]
+            parts = [r for r in parts if r.mask.size]
+            if len(parts) <= 1:
+                merged = parts[0] if parts else RegionMask(0, 0, np.zeros((0, 0), bool))
+            else:
+                y0 = min(r.y0 for r in parts)
+                x0 = min(r.x0 for r in parts)
+                y1 = max(r.y0 + r.mask.shape[0] for r in parts)
+                x1 = max(r.x0 + r.mask.shape[1] for r in parts)
+                out = np.zeros((y1 - y0, x1 - x0), bool)
+                for r in parts:
+                    h, w = r.mask.shape
+                    out[r.y0 - y0 : r.y0 - y0 + h, r.x0 - x0 : r.x0 - x0 + w] |= r.mask
+                merged = RegionMask(y0, x0, out)
+            self._cache[(obj, k)] = merged
         return self._cache[(obj, k)]
 
     def mask(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
-        """Boolean (H, W) mask of one object; the best candidate unless one is named."""
-        y0, x0, m = self.region(obj, candidate)
-        out = np.zeros(self.grid.image_shape, bool)
-        out[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]] = m
-        return out
+        """Boolean (H, W) mask of one object; the best candidate unless one is named.
+
+        A new full-size array on every call (from :meth:`region`).
+        """
+        return self.region(obj, candidate).full(self.grid.image_shape)
 
     @property
     def masks(self) -> np.ndarray:
@@ -260,6 +269,6 @@ def _object_scores(grid: TileGrid, parts: list[Piece]) -> np.ndarray:
     out = np.zeros(k_count)
     for k in range(k_count):
         s = np.array([p.prediction.scores[p.obj, k] for p in parts], float)
-        area = np.array([p.mask(grid.tiles[p.tile], k).sum() for p in parts], float)
+        area = np.array([p.region(grid.tiles[p.tile], k).area for p in parts], float)
         out[k] = (s * area).sum() / area.sum() if area.sum() else s.mean()
     return out
