@@ -55,6 +55,13 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
+def _embeddings_dir(args) -> Path:
+    """The folder of stored embeddings: ``--embeddings`` or the user cache's."""
+    from .core.locations import cache_dir
+
+    return args.embeddings or cache_dir() / "embeddings"
+
+
 def _auto_params(args):
     from .core.automatic import AutoParams
 

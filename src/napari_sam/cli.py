@@ -8,6 +8,7 @@ Examples
     napari-sam segment cells.tif --point 120,88 --point 40,60,0 -o one_cell.tif
     napari-sam segment cells.tif --box 10,10,60,70 --box 100,20,150,90 -o two_cells.tif
     napari-sam embed cells.tif          # precompute; later commands reuse it
+    napari-sam embed slide.tif --tile 768,768 --halo 128,128   # a large image, tile by tile
     napari-sam replay session.json -o labels.tif   # recreate a napari session's labels
     napari-sam models                   # the models, and which are downloaded
     napari-sam evaluate cells.tif cells_labels.tif --clicks 10   # mIoU per click, NoC@85/90
@@ -35,6 +36,7 @@ from ._cli_common import (
     EXIT_OK,
     _auto_params,
     _coords,
+    _embeddings_dir,
     _Input,
     _plural,
     _write_table,
@@ -238,6 +240,10 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("embed", parents=[common], help="precompute image embeddings")
     e.add_argument("images", type=Path, nargs="+", help="images or volumes (every slice)")
+    from ._cli_tiling import add_tiling_arguments
+
+    for command in (a, s, e):
+        add_tiling_arguments(command)
     _add_replay_parser(sub, PRECISIONS)
     from ._cli_evaluate import add_evaluate_parser
 
@@ -292,7 +298,7 @@ def _read(args: argparse.Namespace, path: Path) -> _Input:
 
 
 def _engine(args: argparse.Namespace):
-    from .core.checkpoints import checkpoints_dir, load_model
+    from .core.checkpoints import load_model
     from .core.embedding import EmbeddingStore
     from .core.engine import SamEngine
     from .core.registry import DEFAULT_MODEL
@@ -316,7 +322,7 @@ def _engine(args: argparse.Namespace):
     )
     store = None
     if not args.no_embedding_cache:
-        store = EmbeddingStore(args.embeddings or checkpoints_dir().parent / "embeddings")
+        store = EmbeddingStore(_embeddings_dir(args))
     return SamEngine(loaded, store=store)
 
 
@@ -398,12 +404,18 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_evaluate(args, _read, _engine)
     _check_paths(args)
+    from ._cli_tiling import auto_tiles, embed_tiles, segment_tiles, tiling_for
+
     if args.command == "embed":
         # Read every input before the model loads: a bad file is reported at once.
         inputs = [_read(args, path) for path in args.images]
+        grids = [tiling_for(args, inp) for inp in inputs]
         engine = _engine(args)
-        for inp in inputs:
-            _embed_all(engine, inp)
+        for inp, grid in zip(inputs, grids, strict=True):
+            if grid is None:
+                _embed_all(engine, inp)
+            else:
+                embed_tiles(args, engine, inp, grid)
         return EXIT_OK
 
     # Read the image (and check the prompts against it) before loading the model: mistakes in
@@ -416,6 +428,7 @@ def _run(args: argparse.Namespace) -> int:
         from .core.errors import ImageError
 
         raise ImageError(f"{flag} needs a volume or a stack, but {inp.path} is one 2D image")
+    grid = tiling_for(args, inp)
     from ._cli_volume import _auto_volume, _segment_volume, _volume_prompts
 
     if args.command == "segment":
@@ -423,9 +436,13 @@ def _run(args: argparse.Namespace) -> int:
             by_slice = _volume_prompts(args, inp)
             return _segment_volume(args, _engine(args), inp, by_slice)
         prompts = _prompts(args, inp)
+        if grid is not None:
+            return segment_tiles(args, _engine(args), inp, prompts, grid)
         return _segment(args, _engine(args), inp, prompts)
     if inp.is_volume:
         return _auto_volume(args, _engine(args), inp)
+    if grid is not None:
+        return auto_tiles(args, _engine(args), inp, grid)
     return _auto(args, _engine(args), inp)
 
 

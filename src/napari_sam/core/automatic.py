@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .embedding import CancelCheck, ProgressCallback
+from .embedding import CancelCheck, ImageEmbedding, ProgressCallback
 from .engine import SamEngine
 from .errors import Cancelled, NapariSamError
 from .region_mask import RegionMask
@@ -339,14 +339,22 @@ def _make_generator(
     progress: ProgressCallback | None,
     cancel: CancelCheck | None,
     fast: bool = False,
+    embedding: ImageEmbedding | None = None,
 ) -> Any:
     from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
     class EnginePredictor(SamPredictor):
-        """SamPredictor whose image embeddings come from the engine's cache."""
+        """SamPredictor whose image embeddings come from the engine's cache.
+
+        ``embedding``, when given, is that of the whole image (crop layer 0, the only crop
+        of the image's size), e.g. a tile's read from an embedding store.
+        """
 
         def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-            emb = engine.embed(np.ascontiguousarray(image), cancel=cancel)
+            if embedding is not None and image.shape[:2] == embedding.original_size:
+                emb = embedding
+            else:
+                emb = engine.embed(np.ascontiguousarray(image), cancel=cancel)
             self.reset_image()
             self.features = emb.features
             self.original_size = emb.original_size
@@ -415,24 +423,11 @@ def segment_automatically(
     -------
     AutoSegmentation
     """
-    from segment_anything.utils.amg import generate_crop_boxes
-
     from .embedding import check_rgb
 
     check_rgb(rgb)
     params = params or AutoParams()
-    if fast is None:
-        fast = engine.model.fast
-    gen = _make_generator(engine, params, progress, cancel, fast=fast)
-    crop_boxes, layer_idxs = generate_crop_boxes(
-        rgb.shape[:2], params.crop_n_layers, params.crop_overlap_ratio
-    )
-    gen.total = len(crop_boxes) + sum(
-        math.ceil(len(gen.point_grids[i]) / params.points_per_batch) for i in layer_idxs
-    )
-    if cancel is not None and cancel():
-        raise Cancelled("automatic segmentation cancelled")
-    records = gen.generate(rgb)
+    records = generate_records(engine, rgb, params, progress=progress, cancel=cancel, fast=fast)
     labels, table = masks_to_labels(
         [r["segmentation"] for r in records],
         rgb.shape[:2],
@@ -441,3 +436,44 @@ def segment_automatically(
         min_size=params.min_size,
     )
     return AutoSegmentation(labels=labels, table=table, params=params)
+
+
+def count_steps(shape: tuple[int, int], params: AutoParams) -> int:
+    """Progress steps of one image: an embedding per crop and a step per batch of prompts."""
+    from segment_anything.utils.amg import build_all_layer_point_grids, generate_crop_boxes
+
+    crop_boxes, layer_idxs = generate_crop_boxes(
+        shape, params.crop_n_layers, params.crop_overlap_ratio
+    )
+    grids = build_all_layer_point_grids(
+        params.points_per_side, params.crop_n_layers, params.crop_n_points_downscale_factor
+    )
+    return len(crop_boxes) + sum(
+        math.ceil(len(grids[i]) / params.points_per_batch) for i in layer_idxs
+    )
+
+
+def generate_records(
+    engine: SamEngine,
+    rgb: np.ndarray,
+    params: AutoParams,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+    fast: bool | None = None,
+    embedding: ImageEmbedding | None = None,
+) -> list[dict[str, Any]]:
+    """SAM's mask records of a prepared image, before they become labels.
+
+    Each record is SAM's (``segmentation``, ``predicted_iou``, ``stability_score``, ...);
+    ``segmentation`` is a :class:`RegionMask` on the fast path, else a boolean (H, W) array.
+    ``embedding``: the image's embedding when the caller has it (else the engine's).
+    Arguments otherwise as :func:`segment_automatically`.
+    """
+    if fast is None:
+        fast = engine.model.fast
+    gen = _make_generator(engine, params, progress, cancel, fast=fast, embedding=embedding)
+    gen.total = count_steps(rgb.shape[:2], params)
+    if cancel is not None and cancel():
+        raise Cancelled("automatic segmentation cancelled")
+    return gen.generate(rgb)

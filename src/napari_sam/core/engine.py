@@ -443,6 +443,7 @@ class SamEngine:
         *,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
+        save: bool = True,
     ) -> ImageEmbedding:
         """Embedding of a prepared uint8 (H, W, 3) image, computed at most once.
 
@@ -452,6 +453,9 @@ class SamEngine:
             From :func:`napari_sam.core.normalize.prepare_image`.
         progress, cancel : callable, optional
             See :func:`napari_sam.core.embedding.compute_embedding`.
+        save : bool
+            Write a newly computed embedding to the engine's store (tiles of a large image
+            go to their own store instead: :mod:`napari_sam.core.tile_store`).
         """
         emb = self.cached_embedding(rgb)
         if emb is not None:
@@ -463,7 +467,7 @@ class SamEngine:
                 return emb
             emb = compute_embedding(self.model, rgb, progress=progress, cancel=cancel)
         self.cache.put(emb)
-        if self.store is not None:
+        if save and self.store is not None:
             self.store.save(emb)
         return emb
 

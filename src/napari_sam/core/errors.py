@@ -4,6 +4,7 @@ __all__ = [
     "Cancelled",
     "CheckpointError",
     "DeviceError",
+    "EmbeddingStoreError",
     "ImageError",
     "LabelIdError",
     "NapariSamError",
@@ -66,6 +67,10 @@ class PromptError(NapariSamError):
 
 class DeviceError(NapariSamError):
     """The requested compute device is not available."""
+
+
+class EmbeddingStoreError(NapariSamError):
+    """An on-disk embedding store was made differently (model, tiles, ...) or is damaged."""
 
 
 class Cancelled(NapariSamError):

@@ -250,3 +250,57 @@ def make_nuclei_volume(
     img = ndi.gaussian_filter(img.astype(np.float32), 1.0)
     img += 0.05 * rng.standard_normal(shape).astype(np.float32)
     return SyntheticImage(image=img.astype(np.float32), labels=labels)
+
+
+def make_montage(
+    grid: tuple[int, int] = (2, 4),
+    piece_shape: tuple[int, int] = (256, 256),
+    *,
+    radius_range: tuple[float, float] = (5.0, 12.0),
+    n_objects: int = 12,
+    seed: int = 0,
+) -> SyntheticImage:
+    """A large grey image of small bright objects: :func:`make_cells` pieces side by side.
+
+    The known answer for tiling: every piece is drawn like the small images the tiny model
+    was trained on, but the whole is many times larger than SAM's input, so that resizing it
+    whole shrinks the objects below what the model resolves.
+
+    Parameters
+    ----------
+    grid : tuple of int
+        Pieces per column and per row.
+    piece_shape : tuple of int
+        Size of each piece.
+    radius_range : tuple of float
+        Object radii in pixels.
+    n_objects : int
+        Objects tried per piece.
+    seed : int
+        Randomness (piece ``k`` uses ``seed + k``).
+
+    Returns
+    -------
+    SyntheticImage
+        float32 (H, W) image and int32 labels, ids unique over the montage.
+    """
+    rows, cols = grid
+    ph, pw = piece_shape
+    image = np.zeros((rows * ph, cols * pw), np.float32)
+    labels = np.zeros(image.shape, np.int32)
+    for k in range(rows * cols):
+        piece = make_cells(
+            piece_shape,
+            n_objects=n_objects,
+            radius_range=radius_range,
+            seed=seed + k,
+            polarity="bright",
+            colour=False,
+        )
+        r, c = divmod(k, cols)
+        window = np.s_[r * ph : (r + 1) * ph, c * pw : (c + 1) * pw]
+        lo, hi = np.percentile(piece.image, (1, 99.8))
+        image[window] = (piece.image - lo) / max(hi - lo, 1e-6)  # the same contrast everywhere
+        offset = labels.max()
+        labels[window] = np.where(piece.labels > 0, piece.labels + offset, 0)
+    return SyntheticImage(image=image, labels=labels)

@@ -1,0 +1,144 @@
+"""Large images: time and peak memory of tiled automatic segmentation; ViT-B time per tile.
+
+Run from a checkout with napari-sam installed, on an otherwise idle machine::
+
+    python benchmarks/bench_tiling.py auto                       # tiny model, 2048..8192 px
+    python benchmarks/bench_tiling.py auto --sizes 8192 --threads 2
+    python benchmarks/bench_tiling.py vitb --tiles 6             # ViT-B, random weights
+    python benchmarks/bench_tiling.py vitb --device cuda
+
+``auto``
+    A synthetic montage (:func:`napari_sam.core.synthetic.make_montage`: 256 px pieces of
+    small bright objects) of each size is segmented with the bundled tiny model by
+    :func:`napari_sam.core.tiled_automatic.segment_tiled` in the default tiling (cores of at
+    most 768 px, halo 128: 1024 px blocks), in a fresh process per size. Printed: tiles,
+    seconds, seconds per tile (constant if the time grows linearly with the tiles), objects,
+    and the process's peak RSS during the segmentation and over the whole run (image
+    generation included). Thresholds as the tests use them for this under-trained model
+    (``pred_iou_thresh`` 0.5, ``stability_score_thresh`` 0.7), 32 x 32 prompts per tile.
+``vitb``
+    ViT-B with random weights (no download; speed does not depend on the weights) embeds
+    ``--tiles`` tiles of 1024 x 1024 of a 3072 x 3072 image through ``TiledEmbedding.ensure``;
+    printed: seconds per tile (median), at fp32 and bf16 on CPU, fp32 and fp16 on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+AUTO_CHILD = r"""
+import json, sys, time
+import numpy as np
+
+def peak():  # bytes: VmHWM of this process (reset below)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+import torch
+torch.set_num_threads(int(sys.argv[2]))
+from napari_sam.core.automatic import AutoParams
+from napari_sam.core.engine import SamEngine
+from napari_sam.core.normalize import prepare_image
+from napari_sam.core.synthetic import make_montage
+from napari_sam.core.tiled_automatic import segment_tiled
+from napari_sam.core.tiled_embedding import open_tiled
+from napari_sam.core.tiling import TileGrid
+
+size = int(sys.argv[1])
+s = make_montage((size // 256, size // 256), (256, 256), seed=0)
+rgb = prepare_image(s.image)
+del s
+engine = SamEngine.from_name("tiny", device="cpu")
+grid = TileGrid(rgb.shape[:2])
+params = AutoParams(pred_iou_thresh=0.5, stability_score_thresh=0.7, min_size=20)
+before = peak()  # image generation and model loading
+reset_peak()
+t0 = time.perf_counter()
+result = segment_tiled(engine, open_tiled(engine, rgb, grid, max_in_memory=4), params)
+seconds = time.perf_counter() - t0
+during = peak()
+print(json.dumps({"size": size, "tiles": len(grid), "seconds": seconds,
+                  "objects": result.n_objects, "peak_during": during,
+                  "peak_run": max(before, during)}))
+"""
+
+
+def bench_auto(sizes: list[int], threads: int) -> None:
+    print("| image | tiles | time | per tile | objects | peak RSS (segmenting) | peak RSS (run) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for size in sizes:
+        out = subprocess.run(
+            [sys.executable, "-c", AUTO_CHILD, str(size), str(threads)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(
+            f"| {size} x {size} | {r['tiles']} | {r['seconds']:.1f} s | "
+            f"{r['seconds'] / r['tiles']:.2f} s | {r['objects']} | "
+            f"{r['peak_during'] / 2**30:.2f} GiB | {r['peak_run'] / 2**30:.2f} GiB |",
+            flush=True,
+        )
+
+
+def bench_vitb(n_tiles: int, device: str, threads: int) -> None:
+    import numpy as np
+    import torch
+
+    from napari_sam.core.checkpoints import random_model
+    from napari_sam.core.engine import SamEngine
+    from napari_sam.core.tiled_embedding import open_tiled
+    from napari_sam.core.tiling import TileGrid
+
+    torch.set_num_threads(threads)
+    rgb = np.random.default_rng(0).integers(0, 255, (3072, 3072, 3), dtype=np.uint8)
+    grid = TileGrid(rgb.shape[:2])
+    precisions = ("fp32", "fp16") if device.startswith("cuda") else ("fp32", "bf16")
+    print("| ViT-B per tile (1024 x 1024 block) | device | median | runs |")
+    print("|---|---|---:|---:|")
+    for precision in precisions:
+        engine = SamEngine(random_model("vit_b", device=device, precision=precision))
+        tiled = open_tiled(engine, rgb, grid)
+        times = []
+        for i in range(n_tiles + 1):  # the first is a warm-up
+            t0 = time.perf_counter()
+            tiled.ensure(engine, [i])
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        print(
+            f"| {precision} | {device} | {statistics.median(times[1:]):.2f} s | {n_tiles} |",
+            flush=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("what", choices=["auto", "vitb"])
+    ap.add_argument("--sizes", nargs="*", type=int, default=[2048, 4096, 8192])
+    ap.add_argument("--tiles", type=int, default=4)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args(argv)
+    print(f"load average at start: {os.getloadavg()}; threads {args.threads}", flush=True)
+    if args.what == "auto":
+        bench_auto(args.sizes, args.threads)
+    else:
+        bench_vitb(args.tiles, args.device, args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
