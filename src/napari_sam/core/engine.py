@@ -25,7 +25,7 @@ from .embedding import (
 )
 from .errors import PromptError
 from .prompts import Prompts, make_prompts
-from .region_mask import RegionMask
+from .region_mask import CandidateMasks, RegionMask
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -259,7 +259,7 @@ def upsample_mask(
 
 
 @dataclass
-class Prediction:
+class Prediction(CandidateMasks):
     """Masks for one or more objects, with SAM's candidates and scores.
 
     Attributes
@@ -286,21 +286,6 @@ class Prediction:
         """Number of objects (B)."""
         return int(self.scores.shape[0])
 
-    @property
-    def n_candidates(self) -> int:
-        """Candidates per object (K)."""
-        return int(self.scores.shape[1])
-
-    def _index(self, obj: int, candidate: int | None) -> tuple[int, int]:
-        """Validated (object, candidate) indices; the best candidate when none is named."""
-        obj = int(obj)
-        if not 0 <= obj < self.n_objects:
-            raise PromptError(f"object {obj} does not exist (0..{self.n_objects - 1})")
-        k = int(self.best[obj]) if candidate is None else int(candidate)
-        if not 0 <= k < self.n_candidates:
-            raise PromptError(f"candidate {k} does not exist (0..{self.n_candidates - 1})")
-        return obj, k
-
     def region(self, obj: int = 0, candidate: int | None = None) -> RegionMask:
         """The mask of one object inside its bounding box; the best candidate by default.
 
@@ -314,27 +299,15 @@ class Prediction:
             )
         return self._cache[(obj, k)]
 
-    def mask(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
-        """Boolean (H, W) mask of one object; the best candidate unless one is named.
-
-        A new full-size array on every call (from :meth:`region`).
-        """
-        return self.region(obj, candidate).full(self.embedding.original_size)
-
-    @property
-    def masks(self) -> np.ndarray:
-        """Boolean (B, H, W): the best candidate of every object."""
-        return np.stack([self.mask(b) for b in range(self.n_objects)])
-
-    def score(self, obj: int = 0, candidate: int | None = None) -> float:
-        """Predicted IoU of a candidate (the best one by default)."""
-        obj, k = self._index(obj, candidate)
-        return float(self.scores[obj, k])
-
     def logits(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
         """Low-resolution (256, 256) logits of a candidate, to pass back as ``mask_input``."""
         obj, k = self._index(obj, candidate)
         return self.low_res_logits[obj, k].float().cpu().numpy()
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the full image the masks belong to."""
+        return tuple(self.embedding.original_size)  # type: ignore[return-value]
 
 
 class SamEngine:

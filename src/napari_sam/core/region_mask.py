@@ -57,3 +57,52 @@ class RegionMask(NamedTuple):
         out = np.zeros(shape, bool)
         self.paint(out, True)
         return out
+
+
+class CandidateMasks:
+    """What predictions share: objects, each with K candidate masks kept as RegionMasks.
+
+    For :class:`napari_sam.core.engine.Prediction` and
+    :class:`napari_sam.core.tiled_prompts.TiledPrediction`. A subclass has ``scores``
+    (float32 (B, K) predicted IoU), ``best`` (int (B,)), ``n_objects``, ``image_shape``
+    ((H, W) of the full image) and :meth:`region`.
+    """
+
+    @property
+    def n_candidates(self) -> int:
+        """Candidates per object (K)."""
+        return int(self.scores.shape[1])  # type: ignore[attr-defined]
+
+    def _index(self, obj: int, candidate: int | None) -> tuple[int, int]:
+        """Validated (object, candidate) indices; the best candidate when none is named."""
+        from .errors import PromptError
+
+        n = self.n_objects  # type: ignore[attr-defined]
+        obj = int(obj)
+        if not 0 <= obj < n:
+            raise PromptError(f"object {obj} does not exist (0..{n - 1})")
+        k = int(self.best[obj]) if candidate is None else int(candidate)  # type: ignore[attr-defined]
+        if not 0 <= k < self.n_candidates:
+            raise PromptError(f"candidate {k} does not exist (0..{self.n_candidates - 1})")
+        return obj, k
+
+    def region(self, obj: int = 0, candidate: int | None = None) -> RegionMask:
+        """The mask of one object inside its bounding box (the best candidate by default)."""
+        raise NotImplementedError
+
+    def mask(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
+        """Boolean (H, W) mask of one object; the best candidate unless one is named.
+
+        A new full-size array on every call (from :meth:`region`).
+        """
+        return self.region(obj, candidate).full(self.image_shape)  # type: ignore[attr-defined]
+
+    @property
+    def masks(self) -> np.ndarray:
+        """Boolean (B, H, W): the best candidate of every object."""
+        return np.stack([self.mask(b) for b in range(self.n_objects)])  # type: ignore[attr-defined]
+
+    def score(self, obj: int = 0, candidate: int | None = None) -> float:
+        """Predicted IoU of a candidate (the best one by default)."""
+        obj, k = self._index(obj, candidate)
+        return float(self.scores[obj, k])  # type: ignore[attr-defined]

@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import PromptError
 from .prompts import POSITIVE, Prompts, make_prompts
-from .region_mask import RegionMask
+from .region_mask import CandidateMasks, RegionMask
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embedding import CancelCheck, ProgressCallback
@@ -126,7 +125,7 @@ class Piece:
 
 
 @dataclass
-class TiledPrediction:
+class TiledPrediction(CandidateMasks):
     """Masks of the prompted objects of a tiled image; the interface of ``Prediction``.
 
     Attributes
@@ -151,23 +150,9 @@ class TiledPrediction:
         """Number of objects (B)."""
         return len(self.pieces)
 
-    @property
-    def n_candidates(self) -> int:
-        """Candidates per object (K)."""
-        return int(self.scores.shape[1])
-
     def tiles_of(self, obj: int = 0) -> list[int]:
         """The tiles that decoded object ``obj``."""
         return [p.tile for p in self.pieces[obj]]
-
-    def _index(self, obj: int, candidate: int | None) -> tuple[int, int]:
-        obj = int(obj)
-        if not 0 <= obj < self.n_objects:
-            raise PromptError(f"object {obj} does not exist (0..{self.n_objects - 1})")
-        k = int(self.best[obj]) if candidate is None else int(candidate)
-        if not 0 <= k < self.n_candidates:
-            raise PromptError(f"candidate {k} does not exist (0..{self.n_candidates - 1})")
-        return obj, k
 
     def region(self, obj: int = 0, candidate: int | None = None) -> RegionMask:
         """The mask of one object inside its bounding box, in full-image coordinates.
@@ -193,22 +178,10 @@ class TiledPrediction:
             self._cache[(obj, k)] = merged
         return self._cache[(obj, k)]
 
-    def mask(self, obj: int = 0, candidate: int | None = None) -> np.ndarray:
-        """Boolean (H, W) mask of one object; the best candidate unless one is named.
-
-        A new full-size array on every call (from :meth:`region`).
-        """
-        return self.region(obj, candidate).full(self.grid.image_shape)
-
     @property
-    def masks(self) -> np.ndarray:
-        """Boolean (B, H, W): the best candidate of every object."""
-        return np.stack([self.mask(b) for b in range(self.n_objects)])
-
-    def score(self, obj: int = 0, candidate: int | None = None) -> float:
-        """Predicted IoU of a candidate (the best one by default)."""
-        obj, k = self._index(obj, candidate)
-        return float(self.scores[obj, k])
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the full image the masks belong to."""
+        return tuple(self.grid.image_shape)  # type: ignore[return-value]
 
 
 def predict_tiled(

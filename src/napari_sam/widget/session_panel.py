@@ -34,6 +34,9 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Lazily read images (dask, zarr, memory-mapped) larger than this are not hashed for a
 #: session: hashing reads every byte, and such data is not lost in a crash anyway.
 LAZY_HASH_LIMIT = 2 * 1024**3
+#: Labels larger than this (all targets together) are not autosaved: the snapshot would copy
+#: them into memory on every commit (the session itself is still recorded and can be saved).
+AUTOSAVE_LIMIT = 1024**3
 
 
 def _source_path(image: Image) -> str | None:
@@ -160,16 +163,27 @@ class SessionPanel(Container):
         # Snapshots taken here, on the GUI thread: the layers keep changing while the worker
         # writes. A newer autosave cancels an older one that has not started.
         snapshot = dataclasses.replace(record, entries=list(record.entries))
-        arrays = {
-            layer.name: np.array(layer.data)
+        layers = [
+            layer
             for layer in self._host.viewer.layers
             if isinstance(layer, Labels) and layer.name in record.targets()
-        }
+        ]
+        nbytes = sum(int(np.prod(x.data.shape)) * np.dtype(x.data.dtype).itemsize for x in layers)
+        if nbytes > AUTOSAVE_LIMIT:
+            self._host.set_status(
+                f"Autosave skipped: the labels are larger than {AUTOSAVE_LIMIT // 1024**3} GiB "
+                "(Save session… still records what you did)."
+            )
+            return
+        arrays = {layer.name: np.array(layer.data) for layer in layers}
 
         def job(task: Task) -> Path:
             from ..core.autosave import autosave
 
-            return autosave(snapshot, arrays)
+            try:
+                return autosave(snapshot, arrays)
+            finally:
+                arrays.clear()  # the copies go now, not when the worker object is collected
 
         def done(task: Task, path: Any, error: BaseException | None) -> None:
             if error is not None and not task.cancelled:
