@@ -473,3 +473,23 @@ def test_skip_pickled_objects_option(capsys, tmp_path, files, small_model, small
     code, out, err = run(capsys, *argv, "--device", "cpu", "--skip-pickled-objects")
     assert code == 0, err
     assert out_path.is_file()
+
+
+@pytest.mark.parametrize(
+    ("error", "match"),
+    [
+        (MemoryError(), "not enough memory"),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), "GPU ran out of memory"),
+    ],
+)
+def test_out_of_memory_is_one_line(capsys, monkeypatch, tmp_path, error, match):
+    import napari_sam.cli as cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_run", fail)
+    code = cli.main(["models"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and match in err, err
+    assert "Traceback" not in err

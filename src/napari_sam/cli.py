@@ -415,6 +415,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # e.g. output folder missing or not writable
         print(f"napari-sam: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except MemoryError:
+        print(
+            "napari-sam: error: not enough memory; use a smaller image, --tile, or a smaller "
+            "model",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    except RuntimeError as exc:
+        if "out of memory" not in str(exc).lower():
+            raise
+        print(
+            "napari-sam: error: the GPU ran out of memory; use --device cpu or a smaller model "
+            "(vit_b instead of vit_h)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover
