@@ -23,6 +23,7 @@ replacement set (and its state-dict compatibility) in one place.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import weakref
@@ -31,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _precision_ops as ops
 from .lazy_segment_anything import prepare
+from .precision_plan import PrecisionPlan
 
 prepare()  # segment_anything's network classes, without its torchvision imports
 from segment_anything.modeling import common  # noqa: E402
@@ -47,6 +50,9 @@ MAX_BIAS_BYTES = 128 * 2**20
 
 #: Attribute holding the official class of a swapped module.
 _ORIGINAL = "_napari_sam_official_class"
+#: Attribute of the image encoder holding its :class:`PrecisionPlan` (see :func:`set_plan`).
+_PLAN = "_napari_sam_plan"
+_FP32 = PrecisionPlan()
 
 
 def rel_pos_bias(
@@ -184,47 +190,104 @@ def _rel_terms(
     return rel_h, rel_w
 
 
+def encoder_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    size: tuple[int, int],
+    scale: float,
+) -> torch.Tensor:
+    """The encoder's attention with its relative-position term, in the dtype of ``q``.
+
+    Parameters
+    ----------
+    q, k, v : Tensor
+        (B, heads, tokens, C) with tokens = H * W (any strides with a unit last stride).
+    rel_pos_h, rel_pos_w : Tensor
+        The attention module's relative-position tables.
+    size : tuple of int
+        (H, W).
+    scale : float
+        The logits' scale.
+
+    Returns
+    -------
+    Tensor
+        (B, tokens, heads, C), contiguous.
+    """
+    h, w = size
+    b, heads, n_tok, c = q.shape
+    if q.dtype != torch.float32 and n_tok > _AUGMENT_MIN_TOKENS:
+        return _augmented_attention(q, k, v, rel_pos_h, rel_pos_w, size, scale)
+    out = q.new_empty(b, n_tok, heads, c)
+    per_head = b * n_tok * n_tok
+    group = max(1, min(heads, MAX_BIAS_BYTES // (per_head * q.element_size())))
+    buf = _workspace(per_head * group, q)
+    for h0 in range(0, heads, group):
+        h1 = min(heads, h0 + group)
+        qg = q[:, h0:h1]
+        bias = rel_pos_bias(qg, rel_pos_h, rel_pos_w, (h, w), out=buf)
+        o = F.scaled_dot_product_attention(
+            qg, k[:, h0:h1], v[:, h0:h1], attn_mask=bias, scale=scale
+        )
+        out[:, :, h0:h1] = o.transpose(1, 2)
+    return out
+
+
 class FastEncoderAttention(ie.Attention):
-    """Encoder attention: fused attention with the relative-position bias as its mask."""
+    """Encoder attention: fused attention with the relative-position bias as its mask.
+
+    Within an encoder run the attention runs in the plan's ``attention`` format and the
+    projections in its ``linear`` format (see :mod:`napari_sam.core._precision_ops`).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, dim = x.shape
         heads = self.num_heads
         c = dim // heads
         n_tok = h * w
+        plan = ops.current_plan()
         # (3, B, heads, tokens, C) as strided views of the projection: no copy.
-        qkv = self.qkv(x).view(b, n_tok, 3, heads, c).permute(2, 0, 3, 1, 4)
+        qkv = ops.linear(self, "qkv", x).view(b, n_tok, 3, heads, c).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        if not self.use_rel_pos:
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-            return self.proj(out.transpose(1, 2).reshape(b, h, w, dim))
-
-        if q.dtype != torch.float32 and n_tok > _AUGMENT_MIN_TOKENS:
-            out = _augmented_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, (h, w), self.scale)
-            return self.proj(out.view(b, h, w, dim))
-        out = q.new_empty(b, n_tok, heads, c)
-        per_head = b * n_tok * n_tok
-        group = max(1, min(heads, MAX_BIAS_BYTES // (per_head * q.element_size())))
-        buf = _workspace(per_head * group, q)
-        for h0 in range(0, heads, group):
-            h1 = min(heads, h0 + group)
-            qg = q[:, h0:h1]
-            bias = rel_pos_bias(qg, self.rel_pos_h, self.rel_pos_w, (h, w), out=buf)
-            o = F.scaled_dot_product_attention(
-                qg, k[:, h0:h1], v[:, h0:h1], attn_mask=bias, scale=self.scale
-            )
-            out[:, :, h0:h1] = o.transpose(1, 2)
-        return self.proj(out.view(b, h, w, dim))
+        with contextlib.nullcontext() if plan is None else ops.region(plan.attention, x.device):
+            if plan is not None:
+                q, k, v = ops.to_format(plan.attention, q, k, v)
+            if self.use_rel_pos:
+                out = encoder_attention(
+                    q, k, v, self.rel_pos_h, self.rel_pos_w, (h, w), self.scale
+                )
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, scale=self.scale).transpose(1, 2)
+        out = out.reshape(b, h, w, dim)
+        if plan is not None and plan.linear in ("fp32", "int8"):
+            out = out.float()  # no autocast around the projection to cast it
+        return ops.linear(self, "proj", out)
 
 
 class FastImageEncoder(ie.ImageEncoderViT):
-    """Image encoder whose blocks share scratch memory during a run."""
+    """Image encoder running its :class:`PrecisionPlan`, whose blocks share scratch memory.
+
+    The plan is set by :func:`set_plan` (float32 until then): linear layers (and the patch
+    embedding) in one autocast region, attention and neck each in their own.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plan = self.__dict__.get(_PLAN) or _FP32
         outer = getattr(_LOCAL, "workspace", None)
         _LOCAL.workspace = {}
         try:
-            return super().forward(x)
+            with ops.running(plan), ops.region(plan.linear, x.device):
+                x = self.patch_embed(x)
+                if self.pos_embed is not None:
+                    x = x + self.pos_embed
+                for blk in self.blocks:
+                    x = blk(x)
+                with ops.region(plan.neck, x.device):
+                    (x,) = ops.to_format(plan.neck, x)
+                    return self.neck(x.permute(0, 3, 1, 2))
         finally:
             _LOCAL.workspace = outer
 
@@ -236,9 +299,9 @@ class FastMLPBlock(common.MLPBlock):
         act = type(self.act)
         if act not in (nn.GELU, nn.ReLU) or getattr(self.act, "approximate", "none") != "none":
             return super().forward(x)
-        h = self.lin1(x)
+        h = ops.linear(self, "lin1", x)
         (torch.ops.aten.gelu_ if act is nn.GELU else torch.ops.aten.relu_)(h)
-        return self.lin2(h)
+        return ops.linear(self, "lin2", h)
 
 
 class FastBlock(ie.Block):
@@ -577,6 +640,8 @@ _CACHES = (
     "_napari_sam_tokens",
     "_napari_sam_pe_tokens",
     "_napari_sam_src",
+    _PLAN,
+    ops.INT8_CACHE,
 )
 
 
@@ -614,3 +679,15 @@ def swap_out(model: torch.nn.Module) -> int:
 def is_swapped(model: torch.nn.Module) -> bool:
     """True when some module of ``model`` runs a faster subclass."""
     return any(_ORIGINAL in m.__dict__ for m in model.modules())
+
+
+def set_plan(model: torch.nn.Module, plan: PrecisionPlan) -> None:
+    """Give the fast image encoder of ``model`` its precision plan.
+
+    Packed int8 weights are dropped when the plan no longer runs int8 linear layers.
+    """
+    for module in model.modules():
+        if isinstance(module, FastImageEncoder):
+            module.__dict__[_PLAN] = plan
+        if plan.linear != "int8":
+            module.__dict__.pop(ops.INT8_CACHE, None)
