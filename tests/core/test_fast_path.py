@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.core import _fast_modules
+from napari_sam.core import _encoder_attention, _fast_modules
 from napari_sam.core.acceleration import configure, default_fast, resolve_precision
 from napari_sam.core.automatic import (
     AutoParams,
@@ -137,7 +137,7 @@ def test_small_bias_groups_give_the_same_result(model, monkeypatch):
     try:
         with torch.inference_mode():
             ref = model.sam.image_encoder(x)
-            monkeypatch.setattr(_fast_modules, "MAX_BIAS_BYTES", 1)
+            monkeypatch.setattr(_encoder_attention, "MAX_BIAS_BYTES", 1)
             out = model.sam.image_encoder(x)
     finally:
         configure(model, fast=False)

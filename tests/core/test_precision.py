@@ -317,3 +317,49 @@ def test_int8_weights_are_packed_once_and_dropped_with_the_plan(tiny, make_image
     finally:
         configure(tiny, precision="fp32")
     assert ops.INT8_CACHE not in blocks[0].attn.__dict__
+
+
+@pytest.mark.parametrize(
+    ("precision", "attention", "projection", "neck"),
+    [
+        ("fp32", torch.float32, torch.float32, torch.float32),
+        ("linear=bf16", torch.float32, torch.bfloat16, torch.float32),
+        ("attention=bf16", torch.bfloat16, torch.float32, torch.float32),
+        # int8: the quantized kernel runs instead of the module (no hook fires)
+        ("linear=int8,neck=bf16", torch.float32, None, torch.bfloat16),
+        ("bf16", torch.bfloat16, torch.bfloat16, torch.bfloat16),
+    ],
+)
+def test_each_operation_runs_in_its_format(
+    small_model, monkeypatch, precision, attention, projection, neck
+):
+    """What the encoder's attention, its projections and its neck actually receive/return."""
+    from napari_sam.core import _fast_modules
+
+    seen: dict[str, set] = {"attention": set(), "qkv": set(), "neck": set()}
+    real = _fast_modules.encoder_attention
+
+    def spy(q, *args, **kwargs):
+        seen["attention"].add(q.dtype)
+        return real(q, *args, **kwargs)
+
+    monkeypatch.setattr(_fast_modules, "encoder_attention", spy)
+    encoder = small_model.sam.image_encoder
+    hooks = [
+        blk.attn.qkv.register_forward_hook(lambda m, i, o: seen["qkv"].add(o.dtype))
+        for blk in encoder.blocks
+    ]
+    hooks.append(encoder.neck[0].register_forward_hook(lambda m, i, o: seen["neck"].add(o.dtype)))
+    configure(small_model, fast=True, precision=precision)
+    try:
+        with torch.inference_mode():
+            out = encoder(
+                torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
+            )
+    finally:
+        for h in hooks:
+            h.remove()
+        configure(small_model, precision="fp32")
+    qkv = set() if projection is None else {projection}
+    assert seen == {"attention": {attention}, "qkv": qkv, "neck": {neck}}
+    assert out.dtype == neck and torch.isfinite(out).all()

@@ -232,8 +232,8 @@ def _limit(reference: float | None, ratio: float) -> float | None:
 
 def _measure_attention(torch: Any, fmt: str, reference: float | None) -> float:
     """Seconds of ViT-B's attention: one global-shaped and one window-shaped call, scaled."""
-    from . import _fast_modules as fm
     from . import _precision_ops as ops
+    from ._encoder_attention import encoder_attention
 
     gen = torch.Generator().manual_seed(1)
     total = 0.0
@@ -250,7 +250,7 @@ def _measure_attention(torch: Any, fmt: str, reference: float | None) -> float:
         def run(q=q, k=k, v=v, rel_h=rel_h, rel_w=rel_w, size=(h, w)) -> Any:
             with ops.region(fmt, q.device):
                 qc, kc, vc = ops.to_format(fmt, q, k, v)
-                return fm.encoder_attention(qc, kc, vc, rel_h, rel_w, size, 0.125)
+                return encoder_attention(qc, kc, vc, rel_h, rel_w, size, 0.125)
 
         total += scale * _best_time(run, _limit(reference, 1 / scale))
     return total
