@@ -363,3 +363,28 @@ def test_each_operation_runs_in_its_format(
     qkv = set() if projection is None else {projection}
     assert seen == {"attention": {attention}, "qkv": qkv, "neck": {neck}}
     assert out.dtype == neck and torch.isfinite(out).all()
+
+
+def test_session_files_record_a_per_operation_plan():
+    """Sessions store ``model.precision``; replay loads the model with it again."""
+    import dataclasses
+
+    from napari_sam.core.errors import SessionError
+    from napari_sam.core.session_json import _model, _Obj, _read_model
+    from napari_sam.core.session_types import ModelRecord
+
+    record = ModelRecord(
+        name="vit_b",
+        checkpoint_sha256=None,
+        checkpoint=None,
+        model_id="vit_b-0123-linbf16-attfp32-neckfp32",
+        precision="linear=bf16,attention=fp32,neck=fp32",
+        fast=True,
+        device="cpu",
+        architecture={},
+    )
+    assert _read_model(_Obj(_model(record), "model", "s.json")) == record
+    for bad in ("int8", "linear=int8,attention=int8"):
+        damaged = _model(dataclasses.replace(record, precision=bad))
+        with pytest.raises(SessionError, match="precision must be"):
+            _read_model(_Obj(damaged, "model", "s.json"))
