@@ -225,12 +225,22 @@ def configure(
 def autocast(model: LoadedModel) -> Iterator[None]:
     """Context in which the image encoder runs at ``model.precision``.
 
-    The fast ViT encoder runs its plan itself (a region per operation): nothing to do. The
-    official modules and TinyViT run one format for the whole encoder under
-    ``torch.autocast`` (no-op for fp32).
+    The fast ViT encoder runs its plan itself (a region per operation): it is handed the
+    model's plan here (so that ``model.precision`` is what runs even if it was set without
+    :func:`configure`). The official modules and TinyViT run one format for the whole encoder
+    under ``torch.autocast`` (no-op for fp32).
     """
-    fmt = PrecisionPlan.parse(model.precision).single
-    if fmt == "fp32" or (model.fast and model.architecture.encoder_type == "vit"):
+    plan = model.plan
+    if model.fast and model.architecture.encoder_type == "vit":
+        from . import _fast_modules
+
+        _fast_modules.set_plan(model.sam, plan)
+        yield
+        return
+    fmt = plan.single
+    if fmt is None:
+        raise NapariSamError(f"precision {plan.name} needs napari-sam's fast modules")
+    if fmt == "fp32":
         yield
         return
     import torch
