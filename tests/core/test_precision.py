@@ -388,3 +388,42 @@ def test_session_files_record_a_per_operation_plan():
         damaged = _model(dataclasses.replace(record, precision=bad))
         with pytest.raises(SessionError, match="precision must be"):
             _read_model(_Obj(damaged, "model", "s.json"))
+
+
+def test_cpu_flags_are_read_for_bug_reports_and_the_machine_key(monkeypatch):
+    x86 = (
+        "processor\t: 0\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n"
+        "flags\t\t: fpu avx2 fma avx512f avx512_bf16 avx512_vnni\n\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC 9R14 96-Core Processor\nflags\t\t: fpu\n"
+    )
+    name, flags = calibration.parse_cpuinfo(x86)
+    assert name == "AMD EPYC 9R14 96-Core Processor"
+    assert flags == ["avx2", "avx512_bf16", "avx512_vnni", "avx512f", "fma", "fpu"]
+    assert calibration.parse_cpuinfo("Hardware\t: BCM2835\nFeatures\t: fp asimd bf16\n") == (
+        "BCM2835",
+        ["asimd", "bf16", "fp"],
+    )
+    info = calibration.cpu_info()
+    assert set(info) == {"cpu", "capability", "flags", "all_flags"}
+    assert set(info["flags"]) <= set(calibration.FEATURE_FLAGS)
+    other = {**info, "all_flags": [*info["all_flags"], "amx_bf16"]}
+    assert calibration.machine_key(other, 2) != calibration.machine_key(info, 2)
+    assert calibration.machine_key(info, 2) != calibration.machine_key(info, 4)
+
+
+def test_apple_silicon_features_come_from_sysctl(monkeypatch):
+    import platform
+    import subprocess
+
+    answers = {
+        ("sysctl", "hw.optional"): "hw.optional.arm.FEAT_BF16: 1\nhw.optional.arm.FEAT_I8MM: 0\n",
+        ("sysctl", "-n", "machdep.cpu.brand_string"): "Apple M2\n",
+    }
+
+    def fake_run(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 0, answers[tuple(cmd)], "")
+
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    info = calibration.cpu_info()
+    assert info["cpu"] == "Apple M2" and info["flags"] == ["feat_bf16"]

@@ -50,7 +50,8 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "linear": ("fp32", "bf16", "int8"),
     "attention": ("fp32", "bf16"),
 }
-#: CPU feature flags worth showing in bug reports (x86 and Arm names of /proc/cpuinfo).
+#: CPU feature flags worth showing in bug reports (x86 and Arm names of /proc/cpuinfo, Apple
+#: silicon's ``hw.optional.arm.FEAT_*``).
 FEATURE_FLAGS = (
     "avx2",
     "fma",
@@ -66,6 +67,8 @@ FEATURE_FLAGS = (
     "bf16",
     "i8mm",
     "sve",
+    "feat_bf16",
+    "feat_i8mm",
 )
 
 _MEMO: dict[str, Calibration] = {}
@@ -129,23 +132,20 @@ def choose_plan(seconds: dict[str, dict[str, float]]) -> PrecisionPlan:
 def cpu_info() -> dict[str, Any]:
     """CPU model name, torch's CPU capability and the feature flags of :data:`FEATURE_FLAGS`.
 
-    ``all_flags`` holds every flag ``/proc/cpuinfo`` lists (empty where there is none, e.g. on
-    macOS and Windows); it identifies the machine in :func:`machine_key`.
+    ``all_flags`` holds every flag the system lists (``/proc/cpuinfo`` on Linux, the
+    ``hw.optional`` features on macOS, none on Windows); it identifies the machine in
+    :func:`machine_key`.
     """
     import torch
 
-    name, flags = "", []
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        label, _, value = line.partition(":")
-        label = label.strip().lower()
-        if label in ("model name", "hardware") and not name:
-            name = value.strip()
-        elif label in ("flags", "features") and not flags:
-            flags = sorted(set(value.split()))
+    if platform.system() == "Darwin":
+        name, flags = _darwin_cpu()
+    else:
+        try:
+            text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            text = ""
+        name, flags = parse_cpuinfo(text)
     try:
         capability = torch.backends.cpu.get_cpu_capability()
     except Exception:  # pragma: no cover - old or exotic builds
@@ -156,6 +156,39 @@ def cpu_info() -> dict[str, Any]:
         "flags": [f for f in FEATURE_FLAGS if f in flags],
         "all_flags": flags,
     }
+
+
+def parse_cpuinfo(text: str) -> tuple[str, list[str]]:
+    """(model name, sorted flags) of the first processor in a ``/proc/cpuinfo`` text
+    (x86 ``model name`` / ``flags``, Arm ``Hardware`` / ``Features``)."""
+    name, flags = "", []
+    for line in text.splitlines():
+        label, _, value = line.partition(":")
+        label = label.strip().lower()
+        if label in ("model name", "hardware") and not name:
+            name = value.strip()
+        elif label in ("flags", "features") and not flags:
+            flags = sorted(set(value.split()))
+    return name, flags
+
+
+def _darwin_cpu() -> tuple[str, list[str]]:
+    """(brand string, features such as ``feat_bf16``) from macOS's ``sysctl``."""
+    import subprocess
+
+    def sysctl(*args: str) -> str:
+        try:
+            run = subprocess.run(["sysctl", *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return run.stdout if run.returncode == 0 else ""
+
+    flags = []
+    for line in sysctl("hw.optional").splitlines():
+        key, _, value = line.partition(":")
+        if value.strip() == "1":
+            flags.append(key.strip().rsplit(".", 1)[-1].lower())
+    return sysctl("-n", "machdep.cpu.brand_string").strip(), sorted(set(flags))
 
 
 def machine_key(info: dict[str, Any], threads: int) -> str:
