@@ -72,6 +72,18 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
 
 
+def _precision(text: str) -> str:
+    """``auto`` or a precision plan (``bf16``, ``linear=bf16,attention=fp32``), checked."""
+    from .core.acceleration import parse_precision
+    from .core.errors import NapariSamError
+
+    try:
+        plan = parse_precision(text)
+    except NapariSamError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return "auto" if plan is None else plan.name
+
+
 def _parser() -> argparse.ArgumentParser:
     """The ``napari-sam`` parser with all its subcommands."""
     from .core.acceleration import PRECISIONS
@@ -97,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     from ._cli_evaluate import add_evaluate_parser
 
     add_evaluate_parser(sub, common)
+    from ._cli_info import add_info_parser
+
+    add_info_parser(sub)
 
     m = sub.add_parser("models", help="list the models by domain: size, downloaded or not, path")
     m.add_argument(
@@ -131,10 +146,14 @@ def _common_options(precisions: Sequence[str]) -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N], mps")
     g.add_argument(
         "--precision",
-        choices=precisions,
+        type=_precision,
+        metavar="{" + ",".join(precisions) + ",OP=FMT,...}",
         default=None,
-        help="image-encoder precision (default: $NAPARI_SAM_PRECISION or auto = bf16 on CPUs "
-        "with AMX-BF16, else fp32; fp16 on CUDA only)",
+        help="image-encoder precision, for all of it or per operation (e.g. "
+        "linear=bf16,attention=fp32; operations linear, attention, neck; int8 for linear on "
+        "the CPU). Default: $NAPARI_SAM_PRECISION or auto = per operation what a one-time "
+        "calibration measured faster on this CPU, fp32 on GPUs ('napari-sam info' shows it); "
+        "fp16 on CUDA only",
     )
     g.add_argument(
         "--no-fast",
@@ -261,5 +280,9 @@ def _add_replay_parser(sub, precisions: Sequence[str]) -> None:
     )
     r.add_argument("--device", default=None, help="default: the recorded device")
     r.add_argument(
-        "--precision", choices=precisions, default=None, help="default: the recorded precision"
+        "--precision",
+        type=_precision,
+        metavar="{" + ",".join(precisions) + ",OP=FMT,...}",
+        default=None,
+        help="default: the recorded precision",
     )

@@ -189,6 +189,10 @@ def _run(args: argparse.Namespace) -> int:
         return _replay(args)
     if args.command == "models":
         return _models(args)
+    if args.command == "info":
+        from ._cli_info import run_info
+
+        return run_info(args)
     if args.command == "evaluate":
         from ._cli_evaluate import run_evaluate
 

@@ -117,3 +117,23 @@ def test_record_is_bounded(tmp_path, monkeypatch):
 def test_unknown_algorithm():
     with pytest.raises(ValueError, match="unknown hash algorithm"):
         hashing.new_hasher("md5")
+
+
+def test_loading_a_checkpoint_again_does_not_hash_it_again(tmp_path, monkeypatch, small_model):
+    """The checkpoint's SHA-256 is computed at the first load only; a touched file again."""
+    from napari_sam.core.checkpoints import load_model, save_checkpoint
+
+    path = tmp_path / "m.pt"
+    save_checkpoint(small_model.sam, small_model.architecture, path)
+    calls = []
+    real = hashing.new_hasher
+    monkeypatch.setattr(hashing, "new_hasher", lambda a: calls.append(a) or real(a))
+    first = load_model("auto", checkpoint=path, device="cpu", precision="fp32")
+    assert calls.count("sha256") == 1
+    monkeypatch.setattr(hashing, "_MEMO", {})  # a new process: the record answers
+    second = load_model("auto", checkpoint=path, device="cpu", precision="fp32")
+    assert calls.count("sha256") == 1 and second.sha256 == first.sha256
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    load_model("auto", checkpoint=path, device="cpu", precision="fp32")
+    assert calls.count("sha256") == 2

@@ -320,10 +320,11 @@ def test_bf16_embedding_error_is_bounded(one_thread, make_image):
 
 
 def test_auto_precision_is_fp32_for_tiny_vit(monkeypatch, one_thread):
-    """bf16 is chosen automatically only where it was measured faster: ViT encoders on AMX."""
-    from napari_sam.core import acceleration
+    """bf16 is chosen automatically only where it was measured faster, for ViT encoders."""
+    from napari_sam.core import acceleration, calibration
+    from napari_sam.core.precision_plan import PrecisionPlan
 
-    monkeypatch.setattr(acceleration, "_cpu_has_amx_bf16", lambda: True)
+    monkeypatch.setattr(calibration, "measured_plan", lambda: PrecisionPlan.uniform("bf16"))
     assert acceleration.resolve_precision("auto", "cpu") == "bf16"
     assert acceleration.resolve_precision("auto", "cpu", "tiny_vit") == "fp32"
     assert acceleration.resolve_precision("bf16", "cpu", "tiny_vit") == "bf16"

@@ -9,29 +9,32 @@ What changes, and why (see ``docs/performance.md`` for the measurements):
 
 * Image encoder attention: the official code materialises the full attention matrix, adds the
   decomposed relative-position bias as a second full-size tensor and applies softmax as a
-  third (three 4096 x 4096 matrices per head in each global block). Here the bias is built
-  once per group of heads and handed to ``scaled_dot_product_attention`` as its additive mask,
-  so the fused kernel does the product, the bias, the softmax and the weighted sum in one pass.
+  third (three 4096 x 4096 matrices per head in each global block). Here the fused kernel
+  does it in one pass (:mod:`napari_sam.core._encoder_attention`).
+* Image encoder precision: each operation (linear layers, attention, neck) in the format the
+  encoder's :class:`PrecisionPlan` names (:mod:`napari_sam.core._precision_ops`).
 * Mask decoder attention: ``scaled_dot_product_attention`` instead of matmul / softmax /
   matmul with the copies of the head split.
 * Prompt encoder: the dense positional encoding (constant for a given network) is computed once.
 
-Why one module of about 600 lines: each replacement mirrors one official class and must stay
+Why one module of about 500 lines: each replacement mirrors one official class and must stay
 next to the swap-in/swap-out tables that name them all, so that a reader checks the whole
 replacement set (and its state-dict compatibility) in one place.
 """
 
 from __future__ import annotations
 
-import functools
-import threading
+import contextlib
 import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _precision_ops as ops
+from ._encoder_attention import encoder_attention, scratch
 from .lazy_segment_anything import prepare
+from .precision_plan import PrecisionPlan
 
 prepare()  # segment_anything's network classes, without its torchvision imports
 from segment_anything.modeling import common  # noqa: E402
@@ -40,193 +43,62 @@ from segment_anything.modeling import mask_decoder as md  # noqa: E402
 from segment_anything.modeling import prompt_encoder as pe  # noqa: E402
 from segment_anything.modeling import transformer as tr  # noqa: E402
 
-#: Upper bound on the relative-position bias built at once (bytes). The global blocks of
-#: ViT-B need 64 MiB per head in float32; building it for two heads at a time keeps the
-#: peak memory down at no measurable cost in speed (64 MiB to 768 MiB measured the same).
-MAX_BIAS_BYTES = 128 * 2**20
-
 #: Attribute holding the official class of a swapped module.
 _ORIGINAL = "_napari_sam_official_class"
-
-
-def rel_pos_bias(
-    q: torch.Tensor,
-    rel_pos_h: torch.Tensor,
-    rel_pos_w: torch.Tensor,
-    size: tuple[int, int],
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The decomposed relative-position bias of SAM's encoder as an additive attention mask.
-
-    Parameters
-    ----------
-    q : Tensor
-        Queries (B, heads, H * W, C), unscaled (any strides with a unit last stride).
-    rel_pos_h, rel_pos_w : Tensor
-        The attention module's relative-position tables.
-    size : tuple of int
-        (H, W): queries and keys share the same grid in SAM's encoder.
-    out : Tensor, optional
-        Flat buffer of at least B * heads * (H * W)**2 elements (any content) to write into.
-
-    Returns
-    -------
-    Tensor
-        (B, heads, H * W, H * W): ``bias[b, n, (i, j), (k, l)] = q . Rh[i, k] + q . Rw[j, l]``,
-        the terms ``add_decomposed_rel_pos`` adds to the attention logits.
-    """
-    h, w = size
-    b, n, _, _ = q.shape
-    rel_h, rel_w = _rel_terms(q, rel_pos_h, rel_pos_w, size)
-    size_out = b * n * h * w * h * w
-    if out is None:
-        out = rel_h.new_empty(size_out)
-    out = out[:size_out]
-    if rel_h.dtype != torch.float32 and h * w <= 1024:
-        # Small windows in reduced precision: the broadcast addition is slow (short rows),
-        # a matrix product with one-hot columns writes the same sums (exact: x*1 + y*1).
-        onehot = _onehot(h, w, rel_h.dtype, rel_h.device)
-        lhs = torch.cat([rel_h, rel_w], dim=-1).view(b * n, h * w, h + w)
-        torch.matmul(lhs, onehot, out=out.view(b * n, h * w, h * w))
-    else:
-        torch.add(rel_h[..., :, None], rel_w[..., None, :], out=out.view(b, n, h, w, h, w))
-    return out.view(b, n, h * w, h * w)
-
-
-@functools.lru_cache(maxsize=8)
-def _onehot(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(h + w, h * w): column (k, l) has a one in row k and in row h + l."""
-    rows = torch.eye(h, dtype=dtype, device=device).repeat_interleave(w, 0)
-    cols = torch.eye(w, dtype=dtype, device=device).repeat(h, 1)
-    return torch.cat([rows, cols], dim=1).t().contiguous()
-
-
-#: Per-thread scratch memory of the encoder run in progress (see :func:`_workspace`).
-_LOCAL = threading.local()
-
-
-def _workspace(numel: int, like: torch.Tensor) -> torch.Tensor | None:
-    """A flat scratch buffer shared by the blocks of one encoder run (None outside one).
-
-    Fresh multi-megabyte allocations are page-faulted in by the kernel on every use; the
-    bias of every block reuses one buffer instead. Per thread, so that two threads running
-    the same encoder never share it.
-    """
-    ws = getattr(_LOCAL, "workspace", None)
-    if ws is None:
-        return None
-    key = (like.dtype, like.device)
-    buf = ws.get(key)
-    if buf is None or buf.numel() < numel:
-        ws.pop(key, None)
-        buf = like.new_empty(numel)
-        ws[key] = buf
-    return buf
-
-
-#: Global attention (more tokens than this) in reduced precision folds the bias into the
-#: queries and keys instead of building it (see :func:`_augmented_attention`).
-_AUGMENT_MIN_TOKENS = 1024
-
-
-def _augmented_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    rel_pos_h: torch.Tensor,
-    rel_pos_w: torch.Tensor,
-    size: tuple[int, int],
-    scale: float,
-) -> torch.Tensor:
-    """Attention with the decomposed relative-position bias folded into queries and keys.
-
-    ``bias[i, (k, l)] = rel_h[i, k] + rel_w[i, l]`` is the dot product of
-    ``[rel_h[i], rel_w[i]]`` with the one-hot vector of key (k, l)'s row and column, so
-    ``[q * scale, rel_h, rel_w] . [k, onehot_row, onehot_col]`` gives the biased logits without
-    the (heads, tokens, tokens) bias. The values are zero-padded to the same width (the fused
-    kernel wants equal widths). Three times the product's arithmetic, but with bfloat16
-    matrix units that is cheaper than writing and reading the bias (and it needs no memory
-    for it).
-
-    Returns
-    -------
-    Tensor
-        (B, tokens, heads, C), contiguous.
-    """
-    h, w = size
-    b, n, n_tok, c = q.shape
-    rel_h, rel_w = _rel_terms(q, rel_pos_h, rel_pos_w, size)
-    width = c + h + w
-    qa = q.new_empty(b, n, n_tok, width)
-    torch.mul(q, scale, out=qa[..., :c])
-    grid = qa.view(b, n, h, w, width)
-    grid[..., c : c + h] = rel_h
-    grid[..., c + h :] = rel_w
-    onehot = _onehot(h, w, q.dtype, q.device).t()  # (tokens, h + w)
-    ka = k.new_empty(b, n, n_tok, width)
-    ka[..., :c] = k
-    ka[..., c:] = onehot
-    va = v.new_zeros(b, n, n_tok, width)
-    va[..., :c] = v
-    out = F.scaled_dot_product_attention(qa, ka, va, scale=1.0)[..., :c]
-    return out.transpose(1, 2).contiguous()
-
-
-def _rel_terms(
-    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rel_h`` (B, heads, H, W, H) and ``rel_w`` (B, heads, H, W, W) of the official code."""
-    h, w = size
-    b, n, _, c = q.shape
-    r_q = q.reshape(b, n, h, w, c)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, ie.get_rel_pos(h, h, rel_pos_h))
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, ie.get_rel_pos(w, w, rel_pos_w))
-    return rel_h, rel_w
+#: Attribute of the image encoder holding its :class:`PrecisionPlan` (see :func:`set_plan`).
+_PLAN = "_napari_sam_plan"
+_FP32 = PrecisionPlan()
 
 
 class FastEncoderAttention(ie.Attention):
-    """Encoder attention: fused attention with the relative-position bias as its mask."""
+    """Encoder attention: fused attention with the relative-position bias as its mask.
+
+    Within an encoder run the attention runs in the plan's ``attention`` format and the
+    projections in its ``linear`` format (see :mod:`napari_sam.core._precision_ops`).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, dim = x.shape
         heads = self.num_heads
         c = dim // heads
         n_tok = h * w
+        plan = ops.current_plan()
         # (3, B, heads, tokens, C) as strided views of the projection: no copy.
-        qkv = self.qkv(x).view(b, n_tok, 3, heads, c).permute(2, 0, 3, 1, 4)
+        qkv = ops.linear(self, "qkv", x).view(b, n_tok, 3, heads, c).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        if not self.use_rel_pos:
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-            return self.proj(out.transpose(1, 2).reshape(b, h, w, dim))
-
-        if q.dtype != torch.float32 and n_tok > _AUGMENT_MIN_TOKENS:
-            out = _augmented_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, (h, w), self.scale)
-            return self.proj(out.view(b, h, w, dim))
-        out = q.new_empty(b, n_tok, heads, c)
-        per_head = b * n_tok * n_tok
-        group = max(1, min(heads, MAX_BIAS_BYTES // (per_head * q.element_size())))
-        buf = _workspace(per_head * group, q)
-        for h0 in range(0, heads, group):
-            h1 = min(heads, h0 + group)
-            qg = q[:, h0:h1]
-            bias = rel_pos_bias(qg, self.rel_pos_h, self.rel_pos_w, (h, w), out=buf)
-            o = F.scaled_dot_product_attention(
-                qg, k[:, h0:h1], v[:, h0:h1], attn_mask=bias, scale=self.scale
-            )
-            out[:, :, h0:h1] = o.transpose(1, 2)
-        return self.proj(out.view(b, h, w, dim))
+        with contextlib.nullcontext() if plan is None else ops.region(plan.attention, x.device):
+            if plan is not None:
+                q, k, v = ops.to_format(plan.attention, q, k, v)
+            if self.use_rel_pos:
+                out = encoder_attention(
+                    q, k, v, self.rel_pos_h, self.rel_pos_w, (h, w), self.scale
+                )
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, scale=self.scale).transpose(1, 2)
+        out = out.reshape(b, h, w, dim)
+        if plan is not None and plan.linear in ("fp32", "int8"):
+            out = out.float()  # no autocast around the projection to cast it
+        return ops.linear(self, "proj", out)
 
 
 class FastImageEncoder(ie.ImageEncoderViT):
-    """Image encoder whose blocks share scratch memory during a run."""
+    """Image encoder running its :class:`PrecisionPlan`, whose blocks share scratch memory.
+
+    The plan is set by :func:`set_plan` (float32 until then): linear layers (and the patch
+    embedding) in one autocast region, attention and neck each in their own.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outer = getattr(_LOCAL, "workspace", None)
-        _LOCAL.workspace = {}
-        try:
-            return super().forward(x)
-        finally:
-            _LOCAL.workspace = outer
+        plan = self.__dict__.get(_PLAN) or _FP32
+        with scratch(), ops.running(plan), ops.region(plan.linear, x.device):
+            x = self.patch_embed(x)
+            if self.pos_embed is not None:
+                x = x + self.pos_embed
+            for blk in self.blocks:
+                x = blk(x)
+            with ops.region(plan.neck, x.device):
+                (x,) = ops.to_format(plan.neck, x)
+                return self.neck(x.permute(0, 3, 1, 2))
 
 
 class FastMLPBlock(common.MLPBlock):
@@ -236,9 +108,9 @@ class FastMLPBlock(common.MLPBlock):
         act = type(self.act)
         if act not in (nn.GELU, nn.ReLU) or getattr(self.act, "approximate", "none") != "none":
             return super().forward(x)
-        h = self.lin1(x)
+        h = ops.linear(self, "lin1", x)
         (torch.ops.aten.gelu_ if act is nn.GELU else torch.ops.aten.relu_)(h)
-        return self.lin2(h)
+        return ops.linear(self, "lin2", h)
 
 
 class FastBlock(ie.Block):
@@ -577,6 +449,8 @@ _CACHES = (
     "_napari_sam_tokens",
     "_napari_sam_pe_tokens",
     "_napari_sam_src",
+    _PLAN,
+    ops.INT8_CACHE,
 )
 
 
@@ -614,3 +488,15 @@ def swap_out(model: torch.nn.Module) -> int:
 def is_swapped(model: torch.nn.Module) -> bool:
     """True when some module of ``model`` runs a faster subclass."""
     return any(_ORIGINAL in m.__dict__ for m in model.modules())
+
+
+def set_plan(model: torch.nn.Module, plan: PrecisionPlan) -> None:
+    """Give the fast image encoder of ``model`` its precision plan.
+
+    Packed int8 weights are dropped when the plan no longer runs int8 linear layers.
+    """
+    for module in model.modules():
+        if isinstance(module, FastImageEncoder):
+            module.__dict__[_PLAN] = plan
+        if plan.linear != "int8":
+            module.__dict__.pop(ops.INT8_CACHE, None)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .acceleration import configure, default_fast, resolve_precision
+from .acceleration import check_precision, configure, default_fast, parse_precision
 from .architecture import (
     OFFICIAL_ARCHITECTURES,
     SamArchitecture,
@@ -420,7 +420,8 @@ def load_model(
         :mod:`napari_sam.core.acceleration`). Default: on, unless ``NAPARI_SAM_FAST=0``.
     precision : str, optional
         Encoder precision, ``"auto"`` (default, or ``$NAPARI_SAM_PRECISION``), ``"fp32"``,
-        ``"bf16"`` or ``"fp16"``; see :func:`napari_sam.core.acceleration.resolve_precision`.
+        ``"bf16"``, ``"fp16"`` or per operation (``"linear=bf16,attention=fp32"``); see
+        :func:`napari_sam.core.acceleration.resolve_plan`.
     skip_pickled_objects : bool
         Read a file that holds pickled Python objects besides its weights, replacing the
         objects by inert stand-ins (nothing in the file runs). Off by default: such files are
@@ -459,7 +460,9 @@ def load_model(
     dev = resolve_device(device)
     configure_threads()
     # Checked before anything is downloaded, like the device (resolved with the encoder below).
-    resolve_precision(precision, dev)
+    requested_plan = parse_precision(precision)
+    if requested_plan is not None:
+        check_precision(requested_plan, dev)
     requested: ModelSpec | None
     if checkpoint is None:
         if model == "auto":
@@ -503,7 +506,7 @@ def load_model(
     return configure(
         loaded,
         fast=default_fast() if fast is None else fast,
-        precision=resolve_precision(precision, dev, arch.encoder_type),
+        precision="auto" if requested_plan is None else requested_plan.name,
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .architecture import SamArchitecture
+from .precision_plan import PrecisionPlan
 
 if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
@@ -45,7 +46,8 @@ class LoadedModel:
         Whether the network runs napari-sam's faster modules (see
         :mod:`napari_sam.core.acceleration`) rather than the official ones.
     precision : str
-        Precision of the image encoder: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        Precision of the image encoder, written as its :class:`PrecisionPlan` (``"fp32"``,
+        ``"bf16"``, ``"fp16"`` or e.g. ``"linear=bf16,attention=fp32,neck=fp32"``).
     """
 
     sam: Sam
@@ -59,13 +61,19 @@ class LoadedModel:
     precision: str = "fp32"
 
     @property
+    def plan(self) -> PrecisionPlan:
+        """The image encoder's precision per operation (``precision`` read)."""
+        return PrecisionPlan.parse(self.precision)
+
+    @property
     def model_id(self) -> str:
         """Short stable identity of the weights, safe as a file name (for embedding caches).
 
         ``<name>-<first 16 hex of the SHA-256>`` for checkpoints; for random weights
-        ``<name>-seed<seed>-<8 hex of the architecture>``. A reduced-precision encoder adds
-        ``-bf16`` or ``-fp16``: its embeddings differ slightly, so caches must not mix them
-        with float32 ones (the fast and official float32 encoders agree to 1e-5 and share).
+        ``<name>-seed<seed>-<8 hex of the architecture>``. A reduced-precision encoder adds its
+        plan's tag (``-bf16``, ``-fp16``, or per operation e.g. ``-linbf16-attfp32-neckfp32``):
+        its embeddings differ slightly, so caches must not mix them with float32 ones or with
+        another plan's (the fast and official float32 encoders agree to 1e-5 and share).
         """
         if self.sha256:
             ident = f"{self.name}-{self.sha256[:16]}"
@@ -73,6 +81,7 @@ class LoadedModel:
             arch_json = json.dumps(self.architecture.to_dict(), sort_keys=True, default=str)
             digest = hashlib.sha256(arch_json.encode()).hexdigest()[:8]
             ident = f"{self.name}-seed{self.meta.get('random_seed', 0)}-{digest}"
-        if self.precision != "fp32":
-            ident = f"{ident}-{self.precision}"
+        tag = self.plan.tag
+        if tag:
+            ident = f"{ident}-{tag}"
         return re.sub(r"[^A-Za-z0-9_.-]", "-", ident)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from .errors import NapariSamError, SessionError
 from .normalize import Normalization
+from .precision_plan import PrecisionPlan
 from .prompts import make_prompts
 from .session_types import (
     FORMAT,
@@ -270,6 +271,13 @@ def _is_bool(v: Any) -> bool:
     return isinstance(v, bool)
 
 
+def _is_plan(v: Any) -> bool:
+    try:
+        return isinstance(v, str) and PrecisionPlan.parse(v).name == v
+    except NapariSamError:
+        return False
+
+
 def _ints(v: Any) -> bool:
     return isinstance(v, list) and all(_is_int(x) for x in v)
 
@@ -297,7 +305,7 @@ def _read_model(o: _Obj) -> ModelRecord:
         checkpoint_sha256=o.get("checkpoint_sha256", _is_str, "a string", optional=True),
         checkpoint=o.get("checkpoint", _is_str, "a string", optional=True),
         model_id=o.get("model_id", _is_str, "a string"),
-        precision=o.get("precision", lambda v: v in ("fp32", "bf16", "fp16"), "fp32/bf16/fp16"),
+        precision=o.get("precision", _is_plan, "fp32/bf16/fp16 or a per-operation plan"),
         fast=o.get("fast", _is_bool, "true or false"),
         device=o.get("device", _is_str, "a string"),
         architecture=o.get("architecture", lambda v: isinstance(v, dict), "an object"),

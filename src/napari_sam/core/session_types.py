@@ -168,7 +168,8 @@ class ModelRecord:
     model_id : str
         :attr:`napari_sam.core.checkpoints.LoadedModel.model_id`.
     precision : str
-        Encoder precision used: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        Encoder precision used: ``"fp32"``, ``"bf16"``, ``"fp16"`` or a per-operation plan
+        (``PrecisionPlan.name``, e.g. ``"linear=bf16,attention=fp32,neck=fp32"``).
     fast : bool
         Whether napari-sam's fast modules ran (same masks as the official ones to rounding).
     device : str
