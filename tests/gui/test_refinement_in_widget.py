@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from gui_helpers import CLICK_RADII, disc, layer_named, press, wait_idle
 
+from napari_sam.cli import main
 from napari_sam.core.mask_prompts import mask_to_logits, shape_prompt
 from napari_sam.core.replay import replay_session
 from napari_sam.core.session_record import SessionRecord
@@ -190,7 +191,7 @@ def test_edit_mode_is_left_by_the_key_and_by_cancel(make_widget, qtbot, geometri
 
 
 def test_replaying_refined_and_edited_commits_is_identical(
-    make_widget, qtbot, tiny_engine, tmp_path
+    make_widget, qtbot, tiny_engine, tmp_path, capsys
 ):
     image = _blobs()
     viewer, widget = _widget(make_widget, qtbot, tiny_engine, image, refine=True)
@@ -226,6 +227,12 @@ def test_replaying_refined_and_edited_commits_is_identical(
     result = replay_session(record, image, engine_for=lambda _model: tiny_engine)
     assert result.identical, result.summary()
     np.testing.assert_array_equal(result.labels, labels.data)
+    # And from the command line, loading the recorded model as a user would.
+    np.save(tmp_path / "img.npy", image)
+    out = tmp_path / "labels.npy"
+    assert main(["replay", str(path), "--image", str(tmp_path / "img.npy"), "-o", str(out)]) == 0
+    assert "identical to the session" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(out), labels.data)
 
 
 def test_points_alone_are_recorded_as_before(make_widget, qtbot, geometric_engine):

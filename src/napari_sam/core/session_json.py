@@ -411,10 +411,10 @@ def _read_step(o: _Obj) -> StepRecord:
 
 
 def _read_start(o: _Obj, shape: tuple[int, int] | None) -> StartMask:
+    if "mask_rle" in o.data and shape is None:
+        raise o.fail("mask_rle", "belongs to a plane that does not exist in the image")
     try:
         if "mask_rle" in o.data:
-            if shape is None:  # pragma: no cover - checked by the caller
-                raise o.fail("mask_rle", "needs the plane's shape")
             rle = o.get("mask_rle", _is_str, "a string")
             label = o.get("label", lambda v: _is_int(v) and v > 0, "a label id", optional=True)
             return StartMask(mask=decode_mask(rle, shape), label=label)

@@ -282,6 +282,7 @@ class SamWidget(Container):
             "Commit dropped: the plane, image or model changed before its preview was ready."
         )
         self.preview_controller.show(None)
+        self.label_editor.current(self.plane_embedder.plane)  # another plane ends an edit
 
     def on_model_ready(self) -> None:
         self.prompt_panel.model_changed(self.engine.model)
