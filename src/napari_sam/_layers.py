@@ -19,13 +19,15 @@ import numpy as np
 import pandas as pd
 
 from ._session import point_label
-from .core.commits import commit_pixels
+from .core.commits import commit_pixels, edit_pixels
 from .core.errors import ImageError, PromptError
 from .core.label_ids import highest_id, new_ids
 from .core.lazy_arrays import read_plane
 
-#: Shapes that stand for a box prompt (their bounding box); lines and paths are ignored.
+#: Shapes that stand for a box prompt in 3D work (their bounding box); lines are ignored.
 BOX_SHAPES = ("rectangle", "ellipse", "polygon")
+#: Shapes that prompt on a plane: boxes, and paths (a lasso drawn around an object).
+PROMPT_SHAPES = (*BOX_SHAPES, "path")
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,10 @@ class PlanePrompts(NamedTuple):
     tilted : int
         How many rectangles are tilted against the image's pixel grid (their layer is rotated
         or sheared relative to the image): SAM gets their bounding box, which is larger.
+    kinds : tuple of str
+        The shape type of each box (``"rectangle"``, ``"ellipse"``, ``"polygon"``, ``"path"``).
+    outlines : tuple of ndarray
+        Each box's shape vertices, (N, 2) (row, col) on the plane (for shapes as masks).
     """
 
     points: np.ndarray
@@ -253,6 +259,8 @@ class PlanePrompts(NamedTuple):
     boxes: np.ndarray
     elsewhere: int
     tilted: int
+    kinds: tuple[str, ...] = ()
+    outlines: tuple[np.ndarray, ...] = ()
 
 
 #: A box whose corners map to within this many pixels of its bounding box is not tilted.
@@ -273,7 +281,8 @@ def plane_prompts(
     points_layer : napari.layers.Points or None
         Points; a ``label`` feature says positive/negative (positive when absent).
     boxes_layer : napari.layers.Shapes or None
-        Rectangles (and ellipses and polygons, by their bounding box) are boxes.
+        Rectangles, ellipses, polygons and paths are boxes (by their bounding box); the
+        shapes' outlines come along, for the widget to use them as mask prompts.
     image : napari.layers.Image
     plane : Plane
         From :func:`image_plane`.
@@ -295,6 +304,8 @@ def plane_prompts(
     labels = np.zeros(0, int)
     boxes = np.zeros((0, 4))
     elsewhere = tilted = 0
+    kinds: list[str] = []
+    outlines: list[np.ndarray] = []
     if points_layer is not None and len(points_layer.data):
         rc, on = _to_image_plane(points_layer, points_layer.data, image, plane, world_point)
         feats = points_layer.features
@@ -312,7 +323,7 @@ def plane_prompts(
         for n, (verts, kind) in enumerate(
             zip(boxes_layer.data, boxes_layer.shape_type, strict=True)
         ):
-            if kind not in BOX_SHAPES:
+            if kind not in PROMPT_SHAPES:
                 continue
             rc, on = _to_image_plane(boxes_layer, verts, image, plane, world_point)
             if not on.all():
@@ -322,9 +333,11 @@ def plane_prompts(
             _check_box_area(boxes_layer.name, n, hi - lo)
             tilted += kind == "rectangle" and _is_tilted(rc, lo, hi)
             found.append([*lo, *hi])
+            kinds.append(str(kind))
+            outlines.append(rc)
         if found:
             boxes = np.array(found, float)
-    return PlanePrompts(points, labels, boxes, elsewhere, tilted)
+    return PlanePrompts(points, labels, boxes, elsewhere, tilted, tuple(kinds), tuple(outlines))
 
 
 def _check_box_area(layer_name: str, index: int, size: np.ndarray) -> None:
@@ -560,6 +573,27 @@ def write_objects(
     with labels.block_history():
         labels.data_setitem(plane.indices(rows, cols), lut[objects])
     return written
+
+
+def write_edit(labels: Any, plane: Plane, mask: np.ndarray, label: int, *, overwrite: bool) -> int:
+    """Make ``label`` on ``plane`` exactly ``mask``, as one undo step; other labels stay.
+
+    Pixels of ``label`` outside ``mask`` become 0, pixels of ``mask`` become ``label``
+    (those of other labels only with ``overwrite``, as a commit does):
+    :func:`napari_sam.core.commits.edit_pixels`, which session replay uses too. The plane is
+    read now, so brush and eraser strokes made since the label was picked are kept.
+
+    Returns
+    -------
+    int
+        Pixels that carry ``label`` on the plane afterwards.
+    """
+    existing = plane.take(labels.data)
+    rows, cols, values, pixels = edit_pixels(existing, mask, label, overwrite=overwrite)
+    if len(rows):
+        with labels.block_history():  # one Ctrl+Z restores the label as it was
+            labels.data_setitem(plane.indices(rows, cols), values)
+    return pixels
 
 
 def wider_type_hint(largest: int) -> str:

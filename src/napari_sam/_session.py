@@ -22,6 +22,8 @@ from .core.region_mask import RegionMask
 if TYPE_CHECKING:  # pragma: no cover
     from .core.embedding import ImageEmbedding
     from .core.engine import SamEngine
+    from .core.mask_prompts import StartMask
+    from .core.session_types import StepRecord
 
 #: Keyboard shortcuts, in napari's notation. None of them is one of napari's default
 #: shortcuts (viewer or layer keymaps) in napari 0.9, so the usual keys keep working.
@@ -31,6 +33,7 @@ KEYS: dict[str, str] = {
     "clear": "Shift-X",
     "toggle": "N",
     "candidate": "W",
+    "edit": "Shift-E",
 }
 
 
@@ -104,11 +107,16 @@ class PromptObject:
     """The prompts of one SAM call and, for each object it asks for, where it came from.
 
     A call with B boxes asks for B objects (the points are shared by all of them), so
-    ``len(sources) == prompts.n_objects``.
+    ``len(sources) == prompts.n_objects``. A call may carry a mask prompt (see
+    :mod:`napari_sam._refine`): ``mask_input``, made from ``start`` refined through
+    ``steps``, the earlier predictions it follows up (what a session records to replay it).
     """
 
     prompts: Prompts
     sources: tuple[str, ...]
+    mask_input: np.ndarray | None = field(default=None, compare=False)
+    steps: tuple[StepRecord, ...] = ()
+    start: StartMask | None = field(default=None, compare=False)
 
 
 def build_objects(
@@ -195,6 +203,9 @@ class ObjectPreview:
         Which prompt(s) asked for it, e.g. ``"box 2"``.
     shape : tuple of int, optional
         (H, W) of the plane; needed when the masks are regions.
+    logits : ndarray, optional
+        float32 (K, 256, 256) low-resolution logits of the candidates (what a follow-up
+        click refines); None where the prediction has none.
     """
 
     masks: list[RegionMask | np.ndarray]
@@ -202,6 +213,7 @@ class ObjectPreview:
     best: int
     source: str
     shape: tuple[int, int] | None = None
+    logits: np.ndarray | None = None
 
     @property
     def n_candidates(self) -> int:
@@ -241,14 +253,17 @@ def predict_objects(
     them later costs nothing. Candidates stay inside their bounding boxes
     (:meth:`~napari_sam.core.engine.Prediction.region`): three full-size masks per object
     would cost 48 MiB on a 4096 x 4096 plane, a nucleus' regions a few kilobytes. Full masks
-    are made only for the chosen candidates, when committed.
+    are made only for the chosen candidates, when committed. A call's ``mask_input`` goes
+    to SAM as its mask prompt (:func:`napari_sam.core.refinement.predict`).
     """
+    from .core.refinement import predict
+
     out = []
     shape = tuple(int(s) for s in embedding.original_size)
     for obj in objects:
         if cancel is not None and cancel():
             raise Cancelled("prediction cancelled")
-        pred = engine.predict(embedding, obj.prompts)
+        pred = predict(engine, embedding, obj.prompts, refine=True, initial=obj.mask_input)
         for b, source in enumerate(obj.sources):
             out.append(
                 ObjectPreview(
@@ -257,9 +272,17 @@ def predict_objects(
                     best=int(pred.best[b]),
                     source=source,
                     shape=shape,  # type: ignore[arg-type]
+                    logits=_candidate_logits(pred, b),
                 )
             )
     return out
+
+
+def _candidate_logits(pred: Any, b: int) -> np.ndarray | None:
+    """(K, 256, 256) logits of object ``b``'s candidates; None for a prediction without."""
+    if not hasattr(pred, "logits"):  # e.g. masks stitched from tiles
+        return None
+    return np.stack([pred.logits(b, c) for c in range(pred.n_candidates)]).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------

@@ -266,7 +266,7 @@ def _error(data) -> str:
 
 def test_newer_version_asks_to_update():
     data = _data()
-    data["version"] = 2
+    data["version"] = sr.SCHEMA_VERSION + 1
     assert "newer napari-sam" in _error(data) and "update" in _error(data)
 
 

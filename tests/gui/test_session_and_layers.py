@@ -143,7 +143,9 @@ def test_prompts_in_world_coordinates_and_on_the_current_plane():
         scale=(1, 4, 4),
         translate=(0, 10, 20),
     )
-    pts, lab, boxes, elsewhere, tilted = plane_prompts(points, shapes, image, plane, (6.0, 0, 0))
+    pts, lab, boxes, elsewhere, tilted, *_ = plane_prompts(
+        points, shapes, image, plane, (6.0, 0, 0)
+    )
     np.testing.assert_allclose(pts, [[5, 6]])
     assert lab.tolist() == [1] and elsewhere == 1 and tilted == 0
     np.testing.assert_allclose(boxes, [[2, 2, 6, 8]])

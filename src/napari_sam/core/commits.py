@@ -5,7 +5,8 @@ labels: where masks overlap the smaller one wins (a nucleus inside its cell stay
 and without ``overwrite`` pixels that already carry a label keep it. The napari glue
 (:func:`napari_sam._layers.write_objects`) and session replay
 (:mod:`napari_sam.core.replay`) both go through :func:`commit_pixels`, so that a replayed
-commit writes exactly the pixels the original one wrote.
+commit writes exactly the pixels the original one wrote. Editing an existing label
+(:func:`edit_pixels`, :func:`write_edit`) replaces that one label with a new mask instead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from .region_mask import RegionMask
 
-__all__ = ["commit_pixels", "draw_objects", "write_commit"]
+__all__ = ["commit_pixels", "draw_objects", "edit_pixels", "write_commit", "write_edit"]
 
 
 def draw_objects(masks: Sequence[np.ndarray | RegionMask], shape: tuple[int, int]) -> np.ndarray:
@@ -96,3 +97,51 @@ def write_commit(
     keep = lut[objects] >= 0
     plane_labels[rows[keep], cols[keep]] = lut[objects[keep]]
     return np.bincount(objects[keep], minlength=len(masks)).astype(np.int64)
+
+
+def edit_pixels(
+    existing: np.ndarray, mask: np.ndarray, label: int, *, overwrite: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The pixels an edit of ``label`` changes: that label becomes ``mask``, nothing else.
+
+    Pixels of ``label`` outside ``mask`` are cleared to 0; pixels of ``mask`` get ``label``
+    where they are 0 or already ``label`` (and, with ``overwrite``, also where another label
+    is, as a commit with overwrite would). Pixels of other labels outside ``mask`` are never
+    touched.
+
+    Parameters
+    ----------
+    existing : ndarray
+        (H, W) labels of the plane before the edit.
+    mask : ndarray
+        Boolean (H, W): the label's new extent.
+    label : int
+        The id being edited (> 0).
+    overwrite : bool
+        Whether ``mask`` may take pixels from other labels.
+
+    Returns
+    -------
+    rows, cols : ndarray
+        Pixels that change.
+    values : ndarray
+        Their new values (0 or ``label``), of ``existing``'s dtype.
+    pixels : int
+        Pixels that carry ``label`` afterwards.
+    """
+    mask = np.asarray(mask, bool)
+    if mask.shape != existing.shape[:2]:
+        raise ValueError(f"mask of shape {mask.shape} for a plane of shape {existing.shape}")
+    mine = existing == label
+    take = mask if overwrite else mask & ((existing == 0) | mine)
+    change = (mine & ~take) | (take & ~mine)
+    rows, cols = np.nonzero(change)
+    values = np.where(take[rows, cols], label, 0).astype(existing.dtype)
+    return rows, cols, values, int(np.count_nonzero(take))
+
+
+def write_edit(plane_labels: np.ndarray, mask: np.ndarray, label: int, *, overwrite: bool) -> int:
+    """Apply :func:`edit_pixels` to an (H, W) labels plane in place; return its pixel count."""
+    rows, cols, values, pixels = edit_pixels(plane_labels, mask, label, overwrite=overwrite)
+    plane_labels[rows, cols] = values
+    return pixels

@@ -8,7 +8,9 @@ lands exactly on the object, in any image shape:
 
 - :func:`mask_to_logits`: a boolean (H, W) mask (e.g. an existing label to refine);
 - :func:`shape_prompt`: an ellipse, polygon, path or rectangle drawn on the image plane,
-  given by its vertices in (row, col) pixel coordinates, with the box around it.
+  given by its vertices in (row, col) pixel coordinates, with the box around it;
+- :class:`StartMask`: where a chain of clicks starts (a drawn shape or an existing label),
+  kept as the shape or the mask itself so that a session replays it exactly.
 
 Each low-resolution pixel gets the fraction of it the mask or shape covers, turned into a
 logit clipped to :data:`MASK_LOGIT`: inside +8, outside -8, and the border in between, so
@@ -30,6 +32,7 @@ __all__ = [
     "MASK_LOGIT",
     "SHAPE_KINDS",
     "ShapePrompt",
+    "StartMask",
     "coverage_to_logits",
     "mask_to_logits",
     "shape_prompt",
@@ -197,3 +200,52 @@ def shape_prompt(
         ]
     )
     return ShapePrompt(logits=coverage_to_logits(_pool(inside, image_size)), box=box)
+
+
+@dataclass(frozen=True, eq=False)
+class StartMask:
+    """The mask prompt a chain of predictions starts from: a drawn shape or an existing label.
+
+    Kept as what the user gave (the shape's vertices, the label's mask), not as logits, so
+    that a session records it compactly and replays it exactly (:meth:`logits` is
+    deterministic). Give either ``shape`` and ``vertices`` or ``mask``.
+
+    Attributes
+    ----------
+    shape : str or None
+        napari's shape type (``"ellipse"``, ``"polygon"``, ``"path"``), see
+        :func:`shape_prompt`.
+    vertices : ndarray or None
+        (N, 2) (row, col) vertices of the shape on the plane.
+    mask : ndarray or None
+        Boolean (H, W) mask of the plane (an existing label being edited).
+    label : int or None
+        The label id the mask was taken from (what a commit then replaces).
+    """
+
+    shape: str | None = None
+    vertices: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    label: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.shape is None) == (self.mask is None):
+            raise PromptError("a start mask is either a drawn shape or a label's mask")
+        if self.shape is not None and self.vertices is None:
+            raise PromptError(f"the {self.shape} of a start mask needs its vertices")
+
+    def logits(self, image_shape: tuple[int, int]) -> np.ndarray:
+        """float32 (256, 256) mask prompt on a plane of ``image_shape`` (H, W)."""
+        if self.mask is not None:
+            if tuple(self.mask.shape) != tuple(image_shape):
+                raise PromptError(
+                    f"the start mask is {self.mask.shape[0]}x{self.mask.shape[1]}, "
+                    f"the plane {image_shape[0]}x{image_shape[1]}"
+                )
+            return mask_to_logits(self.mask)
+        assert self.shape is not None and self.vertices is not None
+        return shape_prompt(self.shape, self.vertices, image_shape).logits
+
+    def describe(self) -> str:
+        """E.g. ``"label 3"`` or ``"ellipse"``."""
+        return f"label {self.label}" if self.mask is not None else str(self.shape)

@@ -5,6 +5,9 @@ candidate, label ids and overwrite setting, into a label array that starts empty
 same model, precision and machine the labels are bit-identical (the same computation runs);
 otherwise every object is compared with the mask stored in the session (identical, or its
 IoU). Automatic segmentation runs are replayed too and compared by the hash of their labels.
+A call that refined earlier predictions re-runs its recorded chain (its start mask, then each
+step with the previous step's chosen logits as the mask prompt), and an edit of a label
+replaces that label only (:func:`~napari_sam.core.commits.write_edit`), as in the widget.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .commits import write_commit
+from .commits import write_commit, write_edit
 from .errors import DeviceError, NapariSamError, SessionError
 from .mask_rle import decode_mask
 from .prompts import make_prompts
@@ -30,7 +33,9 @@ from .session_record import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .embedding import ImageEmbedding
     from .engine import SamEngine
+    from .session_record import CallRecord
 
 __all__ = [
     "AutoReplay",
@@ -321,9 +326,34 @@ def recorded_labels(record: SessionRecord, target: str | None = None) -> np.ndar
             )
         shape = entry.plane.take(labels).shape
         masks = [decode_mask(o.mask, shape) for o in entry.objects]
-        ids = [o.label for o in entry.objects]
-        write_commit(entry.plane.view(labels), masks, ids, overwrite=entry.overwrite)
+        _write(entry, labels, masks)
     return labels
+
+
+def _write(entry: CommitRecord, labels: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    """Write a commit's masks as the widget did; pixels written per object."""
+    view = entry.plane.view(labels)
+    if entry.edit is not None:
+        (mask,) = masks
+        return np.array([write_edit(view, mask, entry.edit, overwrite=entry.overwrite)])
+    return write_commit(view, masks, [o.label for o in entry.objects], overwrite=entry.overwrite)
+
+
+def _mask_input(
+    engine: SamEngine, emb: ImageEmbedding, call: CallRecord, shape: tuple[int, int]
+) -> np.ndarray | None:
+    """The mask prompt a call was predicted with: its start mask refined through its steps."""
+    from .refinement import predict
+
+    logits = None if call.start is None else call.start.logits(shape)
+    for step in call.steps:
+        p = step.prompts
+        prompts = make_prompts(p.points, p.point_labels, p.boxes, image_shape=shape)
+        pred = predict(engine, emb, prompts, refine=True, initial=logits)
+        if len(step.candidates) != pred.n_objects or max(step.candidates) >= pred.n_candidates:
+            raise SessionError(f"a refinement step's candidates {step.candidates} do not exist")
+        logits = np.stack([pred.logits(b, k) for b, k in enumerate(step.candidates)])
+    return logits
 
 
 def replay_session(
@@ -394,6 +424,7 @@ def _replay_commit(
     number: int, entry: CommitRecord, engine: SamEngine, rgb: np.ndarray, labels: np.ndarray
 ) -> list[ObjectReplay]:
     from .metrics import iou
+    from .refinement import predict
 
     shape = rgb.shape[:2]
     emb = engine.embed(rgb)
@@ -401,7 +432,11 @@ def _replay_commit(
     for call in entry.calls:
         p = call.prompts
         prompts = make_prompts(p.points, p.point_labels, p.boxes, image_shape=shape)
-        pred = engine.predict(emb, prompts)
+        try:
+            start = _mask_input(engine, emb, call, shape)
+        except NapariSamError as e:
+            raise SessionError(f"entry {number}: {e}") from None
+        pred = predict(engine, emb, prompts, refine=True, initial=start)
         for b, obj in enumerate(call.objects):
             if obj.candidate >= pred.n_candidates:
                 raise SessionError(
@@ -410,9 +445,7 @@ def _replay_commit(
                 )
             masks.append(pred.mask(b, obj.candidate))
     objects = entry.objects
-    pixels = write_commit(
-        entry.plane.view(labels), masks, [o.label for o in objects], overwrite=entry.overwrite
-    )
+    pixels = _write(entry, labels, masks)
     out = []
     for obj, mask, px in zip(objects, masks, pixels, strict=True):
         recorded = decode_mask(obj.mask, shape)

@@ -16,7 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 from .errors import NapariSamError, SessionError
+from .mask_prompts import SHAPE_KINDS, StartMask
+from .mask_rle import decode_mask, encode_mask
 from .normalize import Normalization
 from .precision_plan import PrecisionPlan
 from .prompts import make_prompts
@@ -31,6 +35,7 @@ from .session_types import (
     ModelRecord,
     ObjectRecord,
     PlaneRecord,
+    StepRecord,
 )
 
 __all__ = [
@@ -40,6 +45,7 @@ __all__ = [
     "dumps",
     "entry_json",
     "record_to_dict",
+    "record_version",
     "session_from_dict",
 ]
 
@@ -133,17 +139,56 @@ def _common(e: Entry) -> dict[str, Any]:
     }
 
 
+def _prompts(p: Any) -> dict[str, Any]:
+    return {
+        "points": p.points.tolist(),
+        "point_labels": p.point_labels.tolist(),
+        "boxes": p.boxes.tolist(),
+    }
+
+
+def _start(s: StartMask) -> dict[str, Any]:
+    if s.mask is not None:
+        return {"label": s.label, "mask_rle": encode_mask(s.mask)}
+    return {"shape": s.shape, "vertices": np.asarray(s.vertices, float).tolist()}
+
+
+def _refinement(c: CallRecord) -> dict[str, Any]:
+    """A call's version-2 keys, only when it has a chain or a start mask."""
+    out: dict[str, Any] = {}
+    if c.steps:
+        out["refined_from"] = [
+            {**_prompts(s.prompts), "candidates": list(s.candidates)} for s in c.steps
+        ]
+    if c.start is not None:
+        out["start_mask"] = _start(c.start)
+    return out
+
+
+def uses_version_2(e: Entry) -> bool:
+    """Whether an entry needs version 2 keys (refinement chains, start masks, label edits)."""
+    if not isinstance(e, CommitRecord):
+        return False
+    return e.edit is not None or any(c.steps or c.start is not None for c in e.calls)
+
+
+def record_version(record: RecordLike) -> int:
+    """The lowest schema version that holds ``record``: older readers still open it."""
+    return 2 if any(uses_version_2(e) for e in record.entries) else 1
+
+
 def _entry(e: Entry) -> dict[str, Any]:
     out = _common(e)
     if isinstance(e, AutoRunRecord):
         out.update(params=dict(e.params), n_objects=e.n_objects, labels_sha256=e.labels_sha256)
         return out
     out["overwrite"] = e.overwrite
+    if e.edit is not None:
+        out["edit"] = e.edit
     out["calls"] = [
         {
-            "points": c.prompts.points.tolist(),
-            "point_labels": c.prompts.point_labels.tolist(),
-            "boxes": c.prompts.boxes.tolist(),
+            **_prompts(c.prompts),
+            **_refinement(c),
             "objects": [
                 {
                     "source": o.source,
@@ -181,7 +226,7 @@ def record_to_dict(record: RecordLike, render: Callable[[Entry], Any] = _entry) 
     img = record.image
     return {
         "format": FORMAT,
-        "version": SCHEMA_VERSION,
+        "version": record_version(record),
         "session_id": record.session_id,
         "created": record.created,
         "software": record.software,
@@ -354,22 +399,62 @@ def _read_object(o: _Obj) -> ObjectRecord:
     )
 
 
-def _read_call(o: _Obj) -> CallRecord:
+def _read_prompts(o: _Obj) -> Any:
     try:
-        prompts = make_prompts(
+        return make_prompts(
             o.get("points", lambda v: isinstance(v, list), "a list"),
             o.get("point_labels", lambda v: isinstance(v, list), "a list"),
             o.get("boxes", lambda v: isinstance(v, list), "a list"),
         )
     except NapariSamError as e:
         raise SessionError(f"{o.file} is damaged: {o.where}: {e}") from None
+
+
+def _read_step(o: _Obj) -> StepRecord:
+    prompts = _read_prompts(o)
+    candidates = o.get("candidates", lambda v: _ints(v) and min(v, default=0) >= 0, "indices")
+    if len(candidates) != prompts.n_objects:
+        raise o.fail("candidates", f"must hold {prompts.n_objects} index(es) for these prompts")
+    return StepRecord(prompts, tuple(candidates))
+
+
+def _read_start(o: _Obj, shape: tuple[int, int] | None) -> StartMask:
+    if "mask_rle" in o.data and shape is None:
+        raise o.fail("mask_rle", "belongs to a plane that does not exist in the image")
+    try:
+        if "mask_rle" in o.data:
+            rle = o.get("mask_rle", _is_str, "a string")
+            label = o.get("label", lambda v: _is_int(v) and v > 0, "a label id", optional=True)
+            return StartMask(mask=decode_mask(rle, shape), label=label)
+        kind = o.get("shape", lambda v: v in SHAPE_KINDS, f"one of {', '.join(SHAPE_KINDS)}")
+        vertices = o.get(
+            "vertices",
+            lambda v: isinstance(v, list) and all(isinstance(x, list) for x in v),
+            "a list of (row, col) pairs",
+        )
+        return StartMask(shape=kind, vertices=np.asarray(vertices, float).reshape(-1, 2))
+    except (NapariSamError, ValueError) as e:
+        raise SessionError(f"{o.file} is damaged: {o.where}: {e}") from None
+
+
+def _read_call(o: _Obj, shape: tuple[int, int] | None = None) -> CallRecord:
+    prompts = _read_prompts(o)
     objects = tuple(_read_object(x) for x in o.objs("objects"))
     if len(objects) != prompts.n_objects:
         raise o.fail("objects", f"must hold {prompts.n_objects} object(s) for these prompts")
-    return CallRecord(prompts, objects)
+    steps = ()
+    if "refined_from" in o.data:
+        steps = tuple(_read_step(s) for s in o.objs("refined_from"))
+    start = _read_start(o.obj("start_mask"), shape) if "start_mask" in o.data else None
+    return CallRecord(prompts, objects, steps, start)
 
 
-def _read_entry(o: _Obj) -> Entry:
+def _plane_shape(plane: PlaneRecord, image: ImageIdentity) -> tuple[int, int]:
+    shape = image.labels_shape
+    return (shape[plane.axes[0]], shape[plane.axes[1]])
+
+
+def _read_entry(o: _Obj, image: ImageIdentity) -> Entry:
     kind = o.get("kind", _is_str, "a string")
     common = {
         "target": o.get("target", _is_str, "a string"),
@@ -379,9 +464,19 @@ def _read_entry(o: _Obj) -> Entry:
         "time": o.get("time", _is_str, "a string"),
     }
     if kind == "commit":
+        try:
+            common["plane"].check(image.labels_shape)
+            shape: tuple[int, int] | None = _plane_shape(common["plane"], image)
+        except SessionError:
+            shape = None  # reported by the caller, after the entry is read
+        edit = o.get("edit", lambda v: _is_int(v) and v > 0, "a label id > 0", optional=True)
+        calls = tuple(_read_call(c, shape) for c in o.objs("calls"))
+        if edit is not None and sum(len(c.objects) for c in calls) != 1:
+            raise o.fail("calls", f"of an edit of label {edit} must hold one object")
         return CommitRecord(
             overwrite=o.get("overwrite", _is_bool, "true or false"),
-            calls=tuple(_read_call(c) for c in o.objs("calls")),
+            calls=calls,
+            edit=edit,
             **common,
         )
     if kind == "auto":
@@ -412,7 +507,7 @@ def session_from_dict(data: Any, file: str = "session") -> SessionFields:
     )
     entries = []
     for entry in top.objs("entries"):
-        e = _read_entry(entry)
+        e = _read_entry(entry, image)
         try:
             e.plane.check(image.labels_shape)
         except SessionError as err:

@@ -38,6 +38,7 @@ from .session_types import (
     ModelRecord,
     ObjectRecord,
     PlaneRecord,
+    StepRecord,
     image_sha256,
     utc_now,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "ObjectRecord",
     "PlaneRecord",
     "SessionRecord",
+    "StepRecord",
     "atomic_write",
     "image_sha256",
 ]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import NapariSamError, SessionError
+from .mask_prompts import StartMask
 from .mask_rle import encode_mask
 from .normalize import Normalization
 from .prompts import Prompts
@@ -40,6 +41,7 @@ __all__ = [
     "ModelRecord",
     "ObjectRecord",
     "PlaneRecord",
+    "StepRecord",
     "image_sha256",
     "utc_now",
 ]
@@ -47,7 +49,9 @@ __all__ = [
 #: Value of the ``format`` key of every session file.
 FORMAT = "napari-sam-session"
 #: Schema version written; files of a higher version are refused with a clear message.
-SCHEMA_VERSION = 1
+#: Version 2 adds refinement chains, start masks and label edits; a record that uses none of
+#: them is still written as version 1 (see ``session_json.record_version``).
+SCHEMA_VERSION = 2
 
 _HASH_CHUNK = 64 << 20  # bytes hashed at a time, so that huge or lazy images stay cheap
 
@@ -326,14 +330,37 @@ class ObjectRecord:
 
 
 @dataclass(frozen=True)
+class StepRecord:
+    """An earlier prediction of a refinement chain: its prompts and the candidates kept.
+
+    Its chosen candidates' low-resolution logits were the mask prompt of the next step.
+    """
+
+    prompts: Prompts
+    candidates: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class CallRecord:
     """One SAM call of a commit: its prompts and the objects it asked for.
 
     A call with B boxes asks for B objects (its points shared by all); otherwise one.
+
+    Attributes
+    ----------
+    prompts : Prompts
+    objects : tuple of ObjectRecord
+    steps : tuple of StepRecord
+        The earlier predictions this call refined, oldest first (empty: it was predicted
+        from its prompts, and ``start``, alone). Replay re-runs them to get its mask prompt.
+    start : StartMask or None
+        The mask prompt of the chain's first prediction: a drawn shape or an edited label.
     """
 
     prompts: Prompts
     objects: tuple[ObjectRecord, ...]
+    steps: tuple[StepRecord, ...] = ()
+    start: StartMask | None = None
 
 
 @dataclass(frozen=True)
@@ -354,6 +381,9 @@ class CommitRecord:
         The SAM calls, in the order their objects were previewed.
     time : str
         When it was committed (ISO 8601, UTC).
+    edit : int or None
+        The label id this commit edited (one object, written with
+        :func:`~napari_sam.core.commits.write_edit`); None: new labels.
     """
 
     target: str
@@ -363,6 +393,7 @@ class CommitRecord:
     normalization: Normalization
     calls: tuple[CallRecord, ...]
     time: str = field(default_factory=utc_now)
+    edit: int | None = None
 
     kind = "commit"
 
@@ -387,13 +418,24 @@ class CommitRecord:
         sources: Sequence[str],
         labels: Sequence[int | None],
         pixels: Sequence[int],
+        steps: Sequence[Sequence[StepRecord]] | None = None,
+        starts: Sequence[StartMask | None] | None = None,
+        edit: int | None = None,
     ) -> CommitRecord:
         """Record a commit from what the widget has at hand.
 
         ``prompts`` holds one :class:`~napari_sam.core.prompts.Prompts` per SAM call (e.g.
-        ``[o.prompts for o in build_objects(...)]``); the other sequences hold one value per
-        object, flattened over the calls in order (as ``Preview.masks()`` does).
+        ``[o.prompts for o in build_objects(...)]``), and so do ``steps`` and ``starts``
+        when given (each call's refinement chain and start mask); the other sequences hold
+        one value per object, flattened over the calls in order (as ``Preview.masks()``
+        does). ``edit``: the label id an edit replaced (one object).
         """
+        steps = [()] * len(prompts) if steps is None else list(steps)
+        starts = [None] * len(prompts) if starts is None else list(starts)
+        if not len(steps) == len(starts) == len(prompts):
+            raise NapariSamError(
+                f"{len(steps)} chains and {len(starts)} start masks for {len(prompts)} calls"
+            )
         n = sum(p.n_objects for p in prompts)
         per_object = (masks, candidates, scores, sources, labels, pixels)
         if any(len(s) != n for s in per_object):
@@ -413,10 +455,13 @@ class CommitRecord:
             )
             for m, k, s, src, lab, px in zip(*per_object, strict=True)
         ]
-        calls, start = [], 0
-        for p in prompts:
-            calls.append(CallRecord(p, tuple(objects[start : start + p.n_objects])))
-            start += p.n_objects
+        if edit is not None and n != 1:
+            raise NapariSamError(f"an edit of label {edit} has one object, not {n}")
+        calls, first = [], 0
+        for p, chain, start in zip(prompts, steps, starts, strict=True):
+            mine = tuple(objects[first : first + p.n_objects])
+            calls.append(CallRecord(p, mine, tuple(chain), start))
+            first += p.n_objects
         return cls(
             target=str(target),
             plane=PlaneRecord.from_plane(plane),
@@ -424,6 +469,7 @@ class CommitRecord:
             model=model,
             normalization=normalization,
             calls=tuple(calls),
+            edit=None if edit is None else int(edit),
         )
 
 

@@ -166,6 +166,9 @@ class OutputPanel(Container):
         if preview.preview is None or not preview.preview.objects:
             host.notify("Nothing to commit: click a point or draw a box first.")
             return
+        if host.label_editor.edit is not None:
+            host.label_editor.commit(preview.preview)
+            return
         try:
             self._write()
         except Exception as e:  # a read-only or lazy layer, no memory...: say so, keep labels
@@ -214,7 +217,14 @@ class OutputPanel(Container):
         )
         self._remember_highest(labels, written[-1].label)
         labels.metadata = {**labels.metadata, PROVENANCE: prov}
-        self._record(labels, preview, norm, engine, written)
+        by_object = {w.obj: w for w in written}
+        n = len(preview.objects)
+        self.record(
+            labels,
+            preview,
+            [by_object[i].label if i in by_object else None for i in range(n)],
+            [by_object[i].pixels if i in by_object else 0 for i in range(n)],
+        )
         ids = ", ".join(str(w.label) for w in written)
         host.set_status(f"Committed label {ids} to {labels.name!r}.")
         if placed_elsewhere:
@@ -225,11 +235,22 @@ class OutputPanel(Container):
             host.preview_controller.show(None)
             host.preview_controller.prompt_version += 1  # the same preview comes back on change
 
-    def _record(self, labels: Labels, preview: Any, norm: Any, engine: Any, written: Any) -> None:
-        """Add the commit to the session (for replay and autosave)."""
+    def record(
+        self,
+        labels: Labels,
+        preview: Any,
+        ids: list[int | None],
+        pixels: list[int],
+        *,
+        edit: int | None = None,
+    ) -> None:
+        """Add a commit (or an edit of label ``edit``) to the session, with each call's
+        refinement chain (for replay and autosave)."""
         from ..core.session_record import CommitRecord, ModelRecord
 
-        by_object = {w.obj: w for w in written}
+        host = self._host
+        image = host.image_layer()
+        engine = host.model_panel.engine
         n = len(preview.objects)
         try:
             entry = CommitRecord.build(
@@ -237,19 +258,22 @@ class OutputPanel(Container):
                 plane=preview.plane,
                 overwrite=self.overwrite.value,
                 model=ModelRecord.from_model(engine.model),
-                normalization=norm,
+                normalization=host.normalization_settings(image),
                 prompts=[call.prompts for call in preview.calls],
                 masks=preview.masks(),
                 candidates=[preview.chosen(i) for i in range(n)],
                 scores=preview.scores(),
                 sources=[o.source for o in preview.objects],
-                labels=[by_object[i].label if i in by_object else None for i in range(n)],
-                pixels=[by_object[i].pixels if i in by_object else 0 for i in range(n)],
+                labels=ids,
+                pixels=pixels,
+                steps=[call.steps for call in preview.calls],
+                starts=[call.start for call in preview.calls],
+                edit=edit,
             )
         except Exception as e:  # the labels are written: never lose them over a record
-            self._host.set_status(report(e, "the commit could not be recorded in the session"))
+            host.set_status(report(e, "the commit could not be recorded in the session"))
             return
-        self._host.session_panel.record_entry(entry)
+        host.session_panel.record_entry(entry)
 
     def _remember_highest(self, labels: Labels, highest: int) -> None:
         uid = labels.unique_id

@@ -13,7 +13,8 @@ from napari.layers import Labels
 from qtpy.QtCore import QTimer
 
 from .._layers import plane_prompts, preview_array, preview_placement
-from .._session import Preview, build_objects, predict_objects
+from .._refine import chain_calls, previous_masks, prompt_calls
+from .._session import Preview, predict_objects
 from .._tasks import Task
 from ..core.errors import Cancelled, NapariSamError
 from .layer_menus import ROLE, add_quietly, selected
@@ -35,6 +36,7 @@ class PreviewController:
         self._again = False  # prompts changed while a prediction ran
         self.force = False  # compute even with live preview off (Segment, Commit)
         self.note: str | None = None  # said after the preview's description
+        self.made_with = ("", "")  # model id and image key of the preview's embedding
         self.timer = QTimer(host.native)
         self.timer.setSingleShot(True)
         self.timer.timeout.connect(self.run)
@@ -81,13 +83,18 @@ class PreviewController:
                 plane,
                 host.viewer.dims.point,
             )
-            objects = build_objects(
-                found.points,
-                found.labels,
-                found.boxes,
+            edit = host.label_editor.current(plane)
+            refine = host.prompt_panel.refine.value
+            objects = prompt_calls(
+                found,
                 per_point=host.prompt_panel.per_point.value,
                 image_shape=plane.shape,
+                shapes_as_masks=refine,
+                edit=edit,
             )
+            if refine:  # a follow-up click refines the mask on screen
+                previous = previous_masks(self.preview, self.made_with)
+                objects = chain_calls(objects, previous, embedded.embedding)
         except NapariSamError as e:
             self.show(None, e.for_gui())
             host.output_panel.preview_failed(why=e.for_gui())
@@ -95,6 +102,8 @@ class PreviewController:
         version = self.prompt_version
         if not objects:
             hint = "Click inside an object, or draw a box."
+            if edit is not None:
+                hint = f"Editing label {edit.label}: click to add to it or remove from it."
             if found.elsewhere:
                 hint += f" ({found.elsewhere} prompt(s) on other planes are ignored.)"
             self.show(None, hint)
@@ -121,6 +130,7 @@ class PreviewController:
                     host.set_status(report(error, "the prediction failed"))
                 return
             self.preview_version = version
+            self.made_with = (embedded.embedding.model_id, embedded.embedding.key)
             self.note = _tilted_note(found.tilted)
             self.show(Preview(plane, result, calls=objects))
             host.output_panel.preview_ready()

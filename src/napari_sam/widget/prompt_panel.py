@@ -69,6 +69,13 @@ class PromptPanel(Container):
             tooltip="Each positive point gives its own object (negative points are shared); "
             "otherwise all points describe one object, or are shared by all boxes.",
         )
+        self.refine = CheckBox(
+            text="refine from previous mask",
+            tooltip="A follow-up click on the same object gives SAM the previous mask too, "
+            "and ellipses, polygons and paths count as masks, as SAM was trained. On by "
+            "default for SAM models; off for the tiny test model, which was not trained so.",
+        )
+        self._refine_model: str | None = None
         self.live = CheckBox(
             text="live preview",
             value=True,
@@ -88,6 +95,7 @@ class PromptPanel(Container):
                 Container(widgets=[self.points_layer, self.boxes_layer]),
                 self.point_kind,
                 self.per_point,
+                self.refine,
                 self.live,
                 self.candidate_info,
                 self.next_candidate_button,
@@ -104,6 +112,7 @@ class PromptPanel(Container):
             combo.changed.connect(self.on_layer_changed)
             combo.changed.connect(self._remember_choice(combo))
         self.per_point.changed.connect(host.preview_controller.prompts_changed)
+        self.refine.changed.connect(host.preview_controller.prompts_changed)
         self.live.changed.connect(host.preview_controller.prompts_changed)
         self.point_kind.clicked.connect(self.toggle_point_label)
 
@@ -206,6 +215,15 @@ class PromptPanel(Container):
     def _on_prompts_changed(self, *_: Any) -> None:
         if not self._host.closed:
             self._host.preview_controller.prompts_changed()
+
+    def model_changed(self, model: Any) -> None:
+        """Set "refine from previous mask" to the default of a newly chosen model."""
+        from ..core.refinement import uses_mask_prompts
+
+        key = getattr(model, "model_id", None)
+        if key != self._refine_model:
+            self._refine_model = key
+            self.refine.value = uses_mask_prompts(model)
 
     # -- point kind --
 

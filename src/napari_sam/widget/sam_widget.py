@@ -35,6 +35,7 @@ from .._session import Preview
 from ..core.automatic import AutoParams
 from ..core.normalize import Normalization
 from .auto_panel import AutoPanel
+from .label_editor import LabelEditor
 from .layer_menus import selected
 from .lifecycle import CloseWatcher, Connections, KeyBindings
 from .model_panel import ModelPanel
@@ -90,6 +91,7 @@ class SamWidget(Container):
                 "clear": self.clear_prompts,
                 "toggle": self.toggle_point_label,
                 "candidate": self.next_candidate,
+                "edit": self.edit_label,
             },
             alive=lambda: not self.closed,
             owner=self,
@@ -103,6 +105,7 @@ class SamWidget(Container):
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.prompt_panel = PromptPanel(self)
+        self.label_editor = LabelEditor(self)
         self.output_panel = OutputPanel(self)
         self.auto_panel = AutoPanel(self)
         self.volume_panel = VolumePanel(self)
@@ -113,6 +116,7 @@ class SamWidget(Container):
                 self.model_panel,
                 self.status,
                 self.prompt_panel,
+                self.label_editor,
                 self.output_panel,
                 self.auto_panel,
                 self.volume_panel,
@@ -164,6 +168,7 @@ class SamWidget(Container):
                 "point_kind",
                 "per_point",
                 "live",
+                "refine",
                 "candidate_info",
                 "next_candidate_button",
             ),
@@ -277,8 +282,10 @@ class SamWidget(Container):
             "Commit dropped: the plane, image or model changed before its preview was ready."
         )
         self.preview_controller.show(None)
+        self.label_editor.current(self.plane_embedder.plane)  # another plane ends an edit
 
     def on_model_ready(self) -> None:
+        self.prompt_panel.model_changed(self.engine.model)
         self._update_plane()
         self.auto_panel.model_ready()
 
@@ -381,6 +388,7 @@ class SamWidget(Container):
         For scripts and tests; it is used until the model or device control changes.
         """
         self.model_panel.set_engine(engine)
+        self.prompt_panel.model_changed(engine.model)
         self._update_plane()
 
     @property
@@ -455,6 +463,14 @@ class SamWidget(Container):
         if not self.preview_controller.next_candidate():
             self.set_status("Only one candidate: SAM offers three for one click.")
 
+    def edit_label(self, label: int | None = None) -> None:
+        """Edit a label of the target layer (``label``, else the one under the mouse, else
+        its selected label); again: stop editing."""
+        if label is not None:
+            self.label_editor.pick(label=label)
+        else:
+            self.label_editor.toggle(at_cursor=True)
+
     def auto_segment(self) -> None:
         """Segment every object of the current plane into a new labels layer (in a worker)."""
         self.auto_panel.run()
@@ -483,6 +499,7 @@ class SamWidget(Container):
         """Cancel model loading, embedding, prediction and automatic segmentation."""
         self.auto_panel.drop_pending()
         self.output_panel.drop_pending()
+        self.label_editor.leave("Stopped editing.")
         self.runner.cancel()
 
     # -- closing --
