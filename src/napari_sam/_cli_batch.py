@@ -16,6 +16,7 @@ import argparse
 import io
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -119,6 +120,9 @@ def check_prompt_form(args: argparse.Namespace, inp: _Input) -> None:
 # what runs on a worker (or in this process): one image, the model loaded once per process
 # --------------------------------------------------------------------------------------------
 
+#: How long to try to reach a scheduler given by --dask-scheduler.
+_CONNECT_TIMEOUT = "20s"
+
 _ENGINES: dict[str, Any] = {}
 _ENGINE_LOCK = threading.Lock()
 #: One image at a time per process: the output of an image is captured through sys.stdout,
@@ -185,6 +189,7 @@ def run_job(job: Job, run_image: RunImage, make_engine: MakeEngine) -> dict[str,
     lines = log.getvalue().replace("\r", "\n").splitlines()
     result["notes"] = [line for line in lines if line.startswith("note:")]
     result["model_id"] = engine[-1].model_id if engine else None
+    result["process"] = f"{socket.gethostname()} pid {os.getpid()}"  # which worker made it
     return result
 
 
@@ -216,7 +221,7 @@ def _dask_client(args: argparse.Namespace, n_jobs: int) -> Iterator[Any]:
         ) from None
     if args.dask_scheduler is not None:
         try:  # Client reads dask's config, TLS ("distributed.comm.tls") included
-            client = Client(args.dask_scheduler, timeout="20s")
+            client = Client(args.dask_scheduler, timeout=_CONNECT_TIMEOUT)
         except (OSError, ValueError) as exc:
             raise NapariSamError(
                 f"cannot connect to the Dask scheduler at {args.dask_scheduler}: "
@@ -372,13 +377,10 @@ def _image_args(args: argparse.Namespace, item: Any, folder: Path, prompts: Any)
     return values
 
 
-def _read_prompts(args: argparse.Namespace, items: Sequence[Any]) -> dict[str, Any]:
-    """The prompt file's prompts by image name (segment); a note for images not in the batch."""
-    from .core.prompt_files import image_name, read_prompt_file
+def _note_extra_prompts(args: argparse.Namespace, prompts: dict, items: Sequence[Any]) -> None:
+    """A note for prompts of images that are not in the batch (a typo, or a subset run)."""
+    from .core.prompt_files import image_name
 
-    if args.command != "segment":
-        return {}
-    prompts = read_prompt_file(args.prompts)
     names = {image_name(item.image) for item in items}
     extra = [name for name in prompts if name not in names]
     if extra:
@@ -387,7 +389,6 @@ def _read_prompts(args: argparse.Namespace, items: Sequence[Any]) -> dict[str, A
             f"batch: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}",
             file=sys.stderr,
         )
-    return prompts
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
@@ -395,9 +396,11 @@ def _plan(args: argparse.Namespace) -> _Plan:
     up to date (skipped), refused (a row with its error), or to run (a job)."""
     from .core.batch import ImageResult, Manifest, expand_inputs, input_identity, plan_outputs
     from .core.errors import NapariSamError
-    from .core.prompt_files import image_name
+    from .core.prompt_files import image_name, read_prompt_file
 
     _check_args(args)
+    prompts = read_prompt_file(args.prompts) if args.command == "segment" else {}
+    base = _signature_base(args)  # an unknown model or unreadable checkpoint: before any file
     folder = _output_folder(args.output).resolve()
     inputs, notes = expand_inputs(args.images, folder)
     for note in notes:
@@ -405,8 +408,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if not inputs:
         raise NapariSamError(f"no images to run ({' '.join(map(str, args.images))})")
     items = plan_outputs([p.resolve() for p in inputs], table=args.command == "auto")
-    prompts = _read_prompts(args, items)
-    base = _signature_base(args)
+    _note_extra_prompts(args, prompts, items)
     model_key = json.dumps([base["model"], args.device, args.precision, args.no_fast,
                             str(args.embeddings), args.no_embedding_cache])  # fmt: skip
     manifest = Manifest.load(folder, ignore_damaged=args.force)
@@ -499,6 +501,7 @@ def run_batch(args: argparse.Namespace, run_image: RunImage, make_engine: MakeEn
         if row.status == "done":
             model_id = result.get("model_id")
             entry = {"objects": row.objects, "seconds": row.seconds, "model_id": model_id}
+            entry["process"] = result.get("process")
             plan.manifest.finish(plan.items[job.index], entry)
             plan.manifest.save(at_most_every=1.0)
         progress.update(row.status == "failed")
