@@ -367,6 +367,9 @@ def _image_args(args: argparse.Namespace, item: Any, folder: Path, prompts: Any)
         output=folder / item.labels,
         table=None if item.table is None else folder / item.table,
     )
+    for name in ("checkpoint", "embeddings"):  # workers may run elsewhere (another cwd)
+        if values.get(name) is not None:
+            values[name] = Path(values[name]).absolute()
     if prompts is not None:
         values.update(
             point=prompts.points,
@@ -407,7 +410,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
         print(f"note: {note}", file=sys.stderr)
     if not inputs:
         raise NapariSamError(f"no images to run ({' '.join(map(str, args.images))})")
-    items = plan_outputs([p.resolve() for p in inputs], table=args.command == "auto")
+    # Absolute, not resolved: a link keeps its own name (outputs and prompts go by names).
+    items = plan_outputs([p.absolute() for p in inputs], table=args.command == "auto")
     _note_extra_prompts(args, prompts, items)
     model_key = json.dumps([base["model"], args.device, args.precision, args.no_fast,
                             str(args.embeddings), args.no_embedding_cache])  # fmt: skip

@@ -17,6 +17,10 @@ Examples
     napari-sam segment scan.nii.gz --box 12,80,90,140,160 --window soft-tissue -o tumour.nii.gz
     napari-sam embed scan.nii.gz        # every slice
     napari-sam auto stack.tif -o nuclei.tif   # slice by slice
+
+    # Many images into a folder: resumable, with a summary (docs/batch.md)
+    napari-sam auto images/ -o results/ --workers 2        # on a local Dask cluster
+    napari-sam segment images/*.tif -o masks/ --prompts boxes.csv
 """
 
 from __future__ import annotations
