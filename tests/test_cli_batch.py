@@ -173,6 +173,60 @@ def test_resume_skips_what_is_up_to_date_and_redoes_what_changed(
     assert sorted(os.path.basename(c) for c in calls) == ["img0.tif", "img2.tif"]
 
 
+def test_an_interrupted_run_is_resumed_where_it_stopped(
+    capsys, copies, embeddings, tmp_path, monkeypatch
+):
+    real = _cli_batch.run_job
+
+    def ctrl_c_at_the_second(job, *args):
+        if job.index == 1:
+            raise KeyboardInterrupt
+        return real(job, *args)
+
+    monkeypatch.setattr(_cli_batch, "run_job", ctrl_c_at_the_second)
+    out = tmp_path / "out"
+    code, _, err = auto(capsys, embeddings, copies, "-o", out)
+    assert code == 130 and err.strip().endswith("napari-sam: interrupted")
+    rows = summary(out)
+    assert [(r["status"], r["error"]) for r in rows.values()] == [
+        ("done", ""), ("not run", "interrupted"), ("not run", "interrupted"),
+    ]  # fmt: skip
+    entries = manifest(out)
+    assert [entries[f"img{i}_labels.tif"]["complete"] for i in range(3)] == [True, False, False]
+
+    calls = []
+    monkeypatch.setattr(
+        _cli_batch, "run_job", lambda job, *a: calls.append(job.image) or real(job, *a)
+    )
+    code, _, err = auto(capsys, embeddings, copies, "-o", out)
+    assert code == 0, err
+    assert [os.path.basename(c) for c in calls] == ["img1.tif", "img2.tif"]
+
+
+def test_volumes_keep_their_format_and_geometry(capsys, images, embeddings, tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    scan = sitk.GetImageFromArray(np.stack([cells(3), cells(4)]))
+    scan.SetSpacing((0.5, 0.5, 2.0))
+    sitk.WriteImage(scan, str(tmp_path / "scan.nii.gz"))
+    prompts = tmp_path / "p.csv"
+    prompts.write_text(
+        "image,kind,z,row0,col0,row1,col1\nscan.nii.gz,box,1,10,12,60,70\n"
+        "img0.tif,box,,10,12,60,70\n"
+    )
+    out = tmp_path / "out"
+    code, _, err = run(
+        capsys, "segment", tmp_path / "scan.nii.gz", images / "img0.tif", "-o", out,
+        "--prompts", prompts, *TINY, "--embeddings", embeddings,
+    )  # fmt: skip
+    assert code == 0, err
+    labels = sitk.ReadImage(str(out / "scan_labels.nii.gz"))
+    assert labels.GetSpacing() == (0.5, 0.5, 2.0) and labels.GetSize() == (128, 96, 2)
+    array = sitk.GetArrayFromImage(labels)
+    assert array[0].max() == 0 and array[1].max() == 1  # only the prompted slice
+    assert summary(out)["scan.nii.gz"]["objects"] == "1"
+    assert tifffile.imread(out / "img0_labels.tif").max() == 1
+
+
 def test_a_failing_image_gets_its_row_and_a_nonzero_exit(capsys, copies, embeddings, tmp_path):
     (copies / "broken.tif").write_bytes(b"II*\x00 not really a TIFF")
     out = tmp_path / "out"
@@ -378,3 +432,18 @@ def test_an_unreachable_scheduler_is_one_error_line(capsys, images, tmp_path, mo
         r"napari-sam: error: cannot connect to the Dask scheduler at tcp://127\.0\.0\.1:9: .+",
         err.strip().splitlines()[-1],
     )
+
+
+def test_a_model_that_cannot_load_is_tried_once(capsys, images, tmp_path, monkeypatch):
+    from napari_sam import cli
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    loads = []
+    real = cli._engine
+    monkeypatch.setattr(cli, "_engine", lambda args: loads.append(args.image) or real(args))
+    code, _, err = run(capsys, "auto", images, "-o", tmp_path / "o", "--checkpoint", bad)
+    assert code == 1 and len(loads) == 1
+    errors = {r["error"] for r in summary(tmp_path / "o").values()}
+    assert len(errors) == 1 and str(bad) in errors.pop()
+    assert "3 of 3 images failed" in err and "Traceback" not in err

@@ -141,11 +141,20 @@ class Job:
 
 
 def _cached_engine(key: str, args: argparse.Namespace, make_engine: MakeEngine) -> Any:
-    """This process's engine for the model ``key``, loaded on first use (one model kept)."""
+    """This process's engine for the model ``key``, loaded on first use (one model kept).
+
+    A model that fails to load (a damaged checkpoint, an unavailable device) is tried once:
+    the next images fail with the same error at once.
+    """
     with _ENGINE_LOCK:
         if key not in _ENGINES:
             _ENGINES.clear()  # another model: let the old one go first
-            _ENGINES[key] = make_engine(args)
+            try:
+                _ENGINES[key] = make_engine(args)
+            except Exception as exc:
+                _ENGINES[key] = exc
+        if isinstance(_ENGINES[key], Exception):
+            raise _ENGINES[key]
         return _ENGINES[key]
 
 
