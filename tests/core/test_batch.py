@@ -91,8 +91,10 @@ def test_model_identity(tmp_path, monkeypatch):
     ident = model_identity("auto", ckpt)
     assert ident == {"model": "auto", "checkpoint_sha256": hashlib.sha256(b"weights").hexdigest()}
     assert model_identity("auto", touch(tmp_path / "v.pt", b"other")) != ident
-    tiny = model_identity("tiny", None)
-    assert tiny == {"model": "tiny", **MODELS["tiny"].hashes}
+    sha = hashlib.sha256(MODELS["tiny"].bundled_path.read_bytes()).hexdigest()
+    assert model_identity("tiny", None) == {"model": "tiny", "sha256": sha}  # bundled
+    assert model_identity("vit_b", None) == {"model": "vit_b", **MODELS["vit_b"].hashes}
+    assert MODELS["vit_b"].hashes  # published
     assert model_identity("random:vit_b", None) == {"model": "random:vit_b"}
     with pytest.raises(CheckpointError):
         model_identity("vit_q", None)

@@ -185,7 +185,8 @@ def model_identity(model: str, checkpoint: Path | None) -> dict[str, Any]:
 
     A checkpoint file: its SHA-256 (computed once per version of the file, see
     :mod:`.hashing`). A registry model: its name and published hash (the downloaded file is
-    checked against it). Random weights: the name (``random:vit_b``; the seed is fixed).
+    checked against it); a bundled one (``tiny``), the SHA-256 of its file. Random weights:
+    the name (``random:vit_b``; the seed is fixed).
 
     Raises
     ------
@@ -203,6 +204,10 @@ def model_identity(model: str, checkpoint: Path | None) -> dict[str, Any]:
     from .registry import get_spec
 
     spec = get_spec(model)
+    if spec.bundled_path is not None:
+        from .hashing import file_sha256
+
+        return {"model": spec.name, "sha256": file_sha256(spec.bundled_path)}
     return {"model": spec.name, **spec.hashes}
 
 
