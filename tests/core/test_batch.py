@@ -67,9 +67,13 @@ def test_folders_are_expanded_and_the_output_folder_left_out(tmp_path):
     extra = touch(tmp_path / "z.tif")
     inputs, notes = expand_inputs([data, extra, data / "b.tif", out, dicom], out)
     assert [p.name for p in inputs] == ["a.png", "b.tif", "c.nii.gz", "z.tif", "series"]
-    assert notes == [f"{out} is in the output folder; left out"]
-    inputs, notes = expand_inputs([out / "a_labels.tif"], out)
-    assert inputs == [] and len(notes) == 1
+    assert notes == [f"left out 1 input(s) in the output folder {out}: results"]
+    inputs, notes = expand_inputs([out / f"{i}_labels.tif" for i in "abcd"], out)
+    assert inputs == []
+    assert notes == [
+        f"left out 4 input(s) in the output folder {out}: a_labels.tif, b_labels.tif, "
+        "c_labels.tif ..."
+    ]
 
 
 def test_input_identity_follows_size_and_time(tmp_path):

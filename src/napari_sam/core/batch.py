@@ -92,18 +92,22 @@ def expand_inputs(paths: Iterable[Path], output: Path) -> tuple[list[Path], list
     """
     out = output.resolve()
     inputs: list[Path] = []
-    notes: list[str] = []
+    inside: list[str] = []
     seen: set[Path] = set()
     for path in paths:
         resolved = path.resolve()
         if resolved == out or out in resolved.parents:
-            notes.append(f"{path} is in the output folder; left out")
+            inside.append(path.name)
             continue
         found = _image_files(path) if is_image_folder(path) else [path]
         for p in found:
             if p.resolve() not in seen:
                 seen.add(p.resolve())
                 inputs.append(p)
+    notes = []
+    if inside:
+        names = ", ".join(inside[:3]) + (" ..." if len(inside) > 3 else "")
+        notes.append(f"left out {len(inside)} input(s) in the output folder {output}: {names}")
     return inputs, notes
 
 
