@@ -4,6 +4,7 @@ formatting helpers. Below both :mod:`napari_sam.cli` and :mod:`napari_sam._cli_v
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,7 +78,28 @@ def _auto_params(args):
 
 
 def _write_table(path: Path, table: dict) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(table)
-        w.writerows(zip(*table.values(), strict=True))
+    """Write a table (column -> values) as CSV, atomically: a run cut short leaves no half file."""
+    from .core.locations import atomic_write
+
+    buffer = io.StringIO()
+    w = csv.writer(buffer, lineterminator="\r\n")  # csv's own default, as before
+    w.writerow(table)
+    w.writerows(zip(*table.values(), strict=True))
+    atomic_write(Path(path), buffer.getvalue().encode())
+
+
+def known_error(exc: BaseException) -> str | None:
+    """The one-line message for an error the user can act on (bad input, a missing file, too
+    little memory); None for anything else, which is a bug to report with its traceback."""
+    from .core.errors import NapariSamError
+
+    if isinstance(exc, NapariSamError | OSError):  # e.g. output folder missing or not writable
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "not enough memory; use a smaller image, --tile, or a smaller model"
+    if isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
+        return (
+            "the GPU ran out of memory; use --device cpu or a smaller model (vit_b instead of "
+            "vit_h)"
+        )
+    return None

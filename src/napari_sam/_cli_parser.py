@@ -17,6 +17,7 @@ _OUTPUT_HELP = (
     "labels file: .tif, .npy, .png (2D), or .nii.gz, .nii, .nrrd, .mha, which keep the "
     "image's spacing, origin and direction"
 )
+_BATCH_OUTPUT = "; in a batch, the output folder (made if missing)"
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -105,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
 
     for command in (a, s, e):
         add_tiling_arguments(command)
+    from ._cli_batch import add_batch_arguments
+
+    add_batch_arguments(a, prompts=False)
+    add_batch_arguments(s, prompts=True)
     _add_replay_parser(sub, PRECISIONS)
     from ._cli_evaluate import add_evaluate_parser
 
@@ -197,8 +202,15 @@ def _common_options(precisions: Sequence[str]) -> argparse.ArgumentParser:
 
 def _add_auto_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a = sub.add_parser("auto", parents=[common], help="segment every object into instance labels")
-    a.add_argument("image", type=Path, help="image or volume (volumes: slice by slice)")
-    a.add_argument("-o", "--output", type=Path, required=True, help=_OUTPUT_HELP)
+    a.add_argument(
+        "images",
+        type=Path,
+        nargs="+",
+        metavar="IMAGE",
+        help="image or volume (volumes: slice by slice); several images, or a folder of them, "
+        "run as a batch into the folder -o (docs/batch.md)",
+    )
+    a.add_argument("-o", "--output", type=Path, required=True, help=_OUTPUT_HELP + _BATCH_OUTPUT)
     a.add_argument("--table", type=Path, help="also write per-object scores as CSV")
     from .core.automatic import AutoParams
 
@@ -221,7 +233,14 @@ def _add_auto_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.Argu
 
 def _add_segment_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     s = sub.add_parser("segment", parents=[common], help="segment objects from points and boxes")
-    s.add_argument("image", type=Path, help="image or volume")
+    s.add_argument(
+        "images",
+        type=Path,
+        nargs="+",
+        metavar="IMAGE",
+        help="image or volume; several images (with --prompts FILE) run as a batch into the "
+        "folder -o (docs/batch.md)",
+    )
     s.add_argument(
         "--point",
         type=_point,
@@ -252,7 +271,7 @@ def _add_segment_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.A
         help="with --propagate: stop where SAM's predicted IoU falls below this (default: "
         "see docs/volumes.md; lower it for models whose scores run low)",
     )
-    s.add_argument("-o", "--output", type=Path, required=True, help=_OUTPUT_HELP)
+    s.add_argument("-o", "--output", type=Path, required=True, help=_OUTPUT_HELP + _BATCH_OUTPUT)
     return s
 
 

@@ -17,6 +17,10 @@ Examples
     napari-sam segment scan.nii.gz --box 12,80,90,140,160 --window soft-tissue -o tumour.nii.gz
     napari-sam embed scan.nii.gz        # every slice
     napari-sam auto stack.tif -o nuclei.tif   # slice by slice
+
+    # Many images into a folder: resumable, with a summary (docs/batch.md)
+    napari-sam auto images/ -o results/ --workers 2        # on a local Dask cluster
+    napari-sam segment images/*.tif -o masks/ --prompts boxes.csv
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,11 +43,12 @@ from ._cli_common import (
     _Input,
     _plural,
     _write_table,
+    known_error,
 )
 from ._cli_parser import _parser
 
 if TYPE_CHECKING:  # imported when used, so that ``--version`` and ``--help`` stay fast
-    pass
+    from .core.engine import SamEngine
 
 
 def _read(args: argparse.Namespace, path: Path) -> _Input:
@@ -197,8 +202,14 @@ def _run(args: argparse.Namespace) -> int:
         from ._cli_evaluate import run_evaluate
 
         return run_evaluate(args, _read, _engine)
+    if args.command in ("auto", "segment"):
+        from ._cli_batch import batch_mode, run_batch
+
+        if batch_mode(args):
+            return run_batch(args, _run_image, _engine)
+        args.image = args.images[0]
     _check_paths(args)
-    from ._cli_tiling import auto_tiles, embed_tiles, segment_tiles, tiling_for
+    from ._cli_tiling import embed_tiles, tiling_for
 
     if args.command == "embed":
         # Read every input before the model loads: a bad file is reported at once.
@@ -211,11 +222,20 @@ def _run(args: argparse.Namespace) -> int:
             else:
                 embed_tiles(args, engine, inp, grid)
         return EXIT_OK
+    return _run_image(args, lambda: _engine(args))
+
+
+def _run_image(args: argparse.Namespace, engine: Callable[[], SamEngine]) -> int:
+    """``segment`` or ``auto`` of ``args.image`` into ``args.output``; ``engine()`` gives the
+    model, asked for only once the image and prompts have been checked."""
+    from ._cli_batch import check_prompt_form
+    from ._cli_tiling import auto_tiles, segment_tiles, tiling_for
 
     # Read the image (and check the prompts against it) before loading the model: mistakes in
     # the command line are reported at once, not after a download or a model load.
     inp = _read(args, args.image)
     _check_output_for(args, inp)
+    check_prompt_form(args, inp)
     flag = "--propagate" if getattr(args, "propagate", False) else None
     flag = "--3d" if getattr(args, "three_d", False) else flag
     if flag and not inp.is_volume:
@@ -228,16 +248,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "segment":
         if inp.is_volume:
             by_slice = _volume_prompts(args, inp)
-            return _segment_volume(args, _engine(args), inp, by_slice)
+            return _segment_volume(args, engine(), inp, by_slice)
         prompts = _prompts(args, inp)
         if grid is not None:
-            return segment_tiles(args, _engine(args), inp, prompts, grid)
-        return _segment(args, _engine(args), inp, prompts)
+            return segment_tiles(args, engine(), inp, prompts, grid)
+        return _segment(args, engine(), inp, prompts)
     if inp.is_volume:
-        return _auto_volume(args, _engine(args), inp)
+        return _auto_volume(args, engine(), inp)
     if grid is not None:
-        return auto_tiles(args, _engine(args), inp, grid)
-    return _auto(args, _engine(args), inp)
+        return auto_tiles(args, engine(), inp, grid)
+    return _auto(args, engine(), inp)
 
 
 def _check_output_for(args: argparse.Namespace, inp: _Input) -> None:
@@ -410,30 +430,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _run(args)
-    except NapariSamError as exc:
-        print(f"napari-sam: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         print("napari-sam: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except OSError as exc:  # e.g. output folder missing or not writable
-        print(f"napari-sam: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except MemoryError:
-        print(
-            "napari-sam: error: not enough memory; use a smaller image, --tile, or a smaller "
-            "model",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
-    except RuntimeError as exc:
-        if "out of memory" not in str(exc).lower():
+    except (NapariSamError, OSError, MemoryError, RuntimeError) as exc:
+        message = known_error(exc)
+        if message is None:  # a bug: its traceback is what a report needs
             raise
-        print(
-            "napari-sam: error: the GPU ran out of memory; use --device cpu or a smaller model "
-            "(vit_b instead of vit_h)",
-            file=sys.stderr,
-        )
+        print(f"napari-sam: error: {message}", file=sys.stderr)
         return EXIT_ERROR
 
 

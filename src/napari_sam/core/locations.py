@@ -9,10 +9,12 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "ENV_CACHE",
     "TMP_SUFFIX",
+    "atomic_write",
     "cache_dir",
     "checkpoints_dir",
     "remove_stale_temps",
@@ -50,6 +52,27 @@ def checkpoints_dir() -> Path:
 def temp_sibling(dest: Path) -> Path:
     """A hidden, unique sibling of ``dest`` for writing before an atomic ``os.replace``."""
     return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+
+
+def atomic_write(path: Path, data: bytes | None = None, writer: Any = None) -> None:
+    """Write a file so that it is either complete or absent, never partial.
+
+    The bytes (``data``, or what ``writer(file)`` writes) go to a hidden temporary file in
+    the same folder, are flushed to disk, and only then renamed onto ``path``. On any error
+    the temporary file is removed and ``path`` is left as it was.
+    """
+    tmp = temp_sibling(path)
+    try:
+        with open(tmp, "xb") as f:
+            if writer is not None:
+                writer(f)
+            else:
+                f.write(data or b"")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:  # also on KeyboardInterrupt; after a successful replace ``tmp`` is gone
+        tmp.unlink(missing_ok=True)
 
 
 #: Temporary files older than this (seconds) were left by killed processes.

@@ -22,10 +22,9 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .errors import SessionError
-from .locations import temp_sibling
+from .locations import atomic_write  # re-exported: autosave and older callers import it here
 from .session_json import dumps, entry_json, record_to_dict, session_from_dict
 from .session_types import (
     FORMAT,
@@ -152,24 +151,3 @@ def _software() -> str:
     from .. import __version__
 
     return f"napari-sam-kit {__version__}"
-
-
-def atomic_write(path: Path, data: bytes | None = None, writer: Any = None) -> None:
-    """Write a file so that it is either complete or absent, never partial.
-
-    The bytes (``data``, or what ``writer(file)`` writes) go to a hidden temporary file in
-    the same folder, are flushed to disk, and only then renamed onto ``path``. On any error
-    the temporary file is removed and ``path`` is left as it was.
-    """
-    tmp = temp_sibling(path)
-    try:
-        with open(tmp, "xb") as f:
-            if writer is not None:
-                writer(f)
-            else:
-                f.write(data or b"")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:  # also on KeyboardInterrupt; after a successful replace ``tmp`` is gone
-        tmp.unlink(missing_ok=True)
