@@ -130,12 +130,17 @@ def needed_tiles(grid: TileGrid, objects: Iterable[PromptObject]) -> list[int]:
 
 
 def tile_states(n_tiles: int, embedded: Iterable[int], pending: Iterable[int]) -> list[str]:
-    """State of every tile: embedded, pending (a job is embedding it) or not embedded."""
+    """State of every tile: embedded, pending (a job is embedding it) or not embedded.
+
+    Indices beyond ``n_tiles`` (a job of the previous tiling still reporting) are ignored.
+    """
     states = [MISSING] * n_tiles
     for i in pending:
-        states[i] = PENDING
+        if 0 <= i < n_tiles:
+            states[i] = PENDING
     for i in embedded:
-        states[i] = EMBEDDED
+        if 0 <= i < n_tiles:
+            states[i] = EMBEDDED
     return states
 
 

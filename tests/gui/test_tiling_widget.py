@@ -97,6 +97,7 @@ def test_tiling_settings_and_tiles_layer(make_widget, qtbot, small_model):
     assert layer == widget.tiles_layer
     assert len(layer.data) == 15, len(layer.data)
     assert tile_state_column(widget) == ["not embedded"] * 15
+    assert layer not in widget.boxes_layer.choices  # tiles are not boxes
     # Placed like the image: tile 6's core (rows 200-400, cols 240-480) in world coordinates.
     core = GRID.tiles[6].core
     assert core == (200, 240, 400, 480)

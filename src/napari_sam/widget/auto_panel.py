@@ -184,7 +184,7 @@ class AutoPanel(Container):
 
         def done(task: Task, result: Any, error: BaseException | None) -> None:
             if grid is not None:
-                tiling.untrack()
+                tiling.untrack("auto")
             if error is not None:
                 host.set_status(report(error, "automatic segmentation failed"))
                 return
@@ -199,7 +199,7 @@ class AutoPanel(Container):
                 layer.metadata[PROVENANCE]["tiling"] = grid.to_dict()
 
         if grid is not None:
-            tiling.track(list(range(len(grid))))
+            tiling.track("auto", list(range(len(grid))))
         host.runner.start("auto", "automatic segmentation", job, done)
 
     def _record(

@@ -103,15 +103,17 @@ class TilingPanel(Container):
         self.margins = (0, 0, 0, 0)
         self.layer: Shapes | None = None
         self.store: Path | None = None  # a store the user chose
-        self.pending: set[int] = set()  # tiles a running job is embedding
+        self._jobs: dict[str, set[int]] = {}  # kind of running job -> tiles it embeds
         self.finished: set[int] = set()  # tiles jobs reported done (thread-safe adds)
         self._drawn: tuple | None = None  # (geometry, states) shown in the layer
         self._removing = False
         self.timer = QTimer(host.native)
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.refresh)
-        for w in (self.mode, self.object_size, *self.tile, *self.halo):
+        for w in (self.mode, self.object_size):
             w.changed.connect(self._on_settings)
+        for w in (*self.tile, *self.halo):
+            w.changed.connect(self._on_tile_size)
         self.show_tiles.changed.connect(lambda *_: self.refresh())
         self.store_button.clicked.connect(self._pick_store)
         host.connections.connect(
@@ -158,6 +160,10 @@ class TilingPanel(Container):
             for w, v in zip(box, value, strict=True):
                 with w.changed.blocked():
                     w.value = v
+        self._on_settings()
+
+    def _on_tile_size(self, *_: Any) -> None:
+        self.store = None  # the user's own size: a chosen store holds another tiling
         self._on_settings()
 
     def _on_settings(self, *_: Any) -> None:
@@ -214,9 +220,14 @@ class TilingPanel(Container):
             return None
         return embedded.embedding
 
+    @property
+    def pending(self) -> set[int]:
+        """Tiles that running jobs are embedding."""
+        return set().union(*self._jobs.values())
+
     def plane_changed(self) -> None:
         """The plane, image, model or settings changed: the tiles shown are another's."""
-        self.pending.clear()
+        self._jobs.clear()
         self.finished = set()
         self.refresh()
 
@@ -232,16 +243,17 @@ class TilingPanel(Container):
         """A job made tile ``index`` available (called from its worker thread)."""
         self.finished.add(index)
 
-    def track(self, tiles: list[int]) -> None:
-        """A job starts embedding ``tiles``: show them pending and follow it."""
-        self.pending = set(tiles)
+    def track(self, kind: str, tiles: list[int]) -> None:
+        """A job of ``kind`` starts embedding ``tiles``: show them pending and follow it."""
+        self._jobs[kind] = set(tiles)
         self.timer.start()
         self.refresh()
 
-    def untrack(self) -> None:
-        """The job ended (done, cancelled or failed)."""
-        self.pending.clear()
-        self.timer.stop()
+    def untrack(self, kind: str) -> None:
+        """The job of ``kind`` ended (done, cancelled or failed)."""
+        self._jobs.pop(kind, None)
+        if not self._jobs:
+            self.timer.stop()
         self.refresh()
 
     def embed_first(self, objects: list[PromptObject], then: Callable[[], None]) -> bool:
@@ -279,7 +291,7 @@ class TilingPanel(Container):
             )
 
         def done(task: Task, _result: Any, error: BaseException | None) -> None:
-            self.untrack()
+            self.untrack("embed")
             if not planes.generation.is_current(generation):
                 planes.discarded += 1
                 return
@@ -293,7 +305,7 @@ class TilingPanel(Container):
                 return
             then()
 
-        self.track(missing)
+        self.track("embed", missing)
         host.runner.start("embed", f"embedding tile 1 of {n}", job, done)
         return True
 
@@ -306,7 +318,9 @@ class TilingPanel(Container):
         if grid is None:
             return image, plane, None, []
         tiled = self.current(plane)
-        embedded = set(self.finished) | (set(tiled.embedded) if tiled is not None else set())
+        if tiled is None or tiled.grid != grid:  # settings changed, the plane not yet
+            return image, plane, grid, tile_states(len(grid), (), self.pending)
+        embedded = set(self.finished) | set(tiled.embedded)
         return image, plane, grid, tile_states(len(grid), embedded, self.pending)
 
     def states(self) -> list[str]:
