@@ -88,17 +88,15 @@ class TilingPanel(Container):
         super().__init__(
             widgets=[
                 Label(value="<b>Large images</b>"),
-                self.mode,
-                self.tile,
-                self.halo,
-                self.object_size,
+                Container(widgets=[self.mode, self.tile, self.halo, self.object_size]),
                 Container(
                     widgets=[self.show_tiles, self.store_button],
                     layout="horizontal",
                     labels=False,
                 ),
                 self.info,
-            ]
+            ],
+            labels=False,
         )
         self.margins = (0, 0, 0, 0)
         self.layer: Shapes | None = None
@@ -378,6 +376,12 @@ class TilingPanel(Container):
         layer.editable = False
         self.layer = add_quietly(viewer, layer)
         self._drawn = (geometry, tuple(states))
+        # Just above the image: prompts, preview and labels stay visible over the tiles.
+        layers = viewer.layers
+        if image in layers and self.layer in layers:
+            src, dest = layers.index(self.layer), layers.index(image) + 1
+            if src > dest:
+                layers.move(src, dest)
 
     @staticmethod
     def _colour(layer: Shapes, states: list[str]) -> None:
