@@ -332,3 +332,12 @@ def test_use_a_store_made_earlier(make_widget, qtbot, small_model, tmp_path):
     layer_named(viewer, "SAM points").add([100, 100])  # in tile 0
     wait_idle(qtbot, widget)
     assert engine.embeds == 0 and widget.preview is not None
+
+    # A chosen store made differently is not ours to empty: refused, saying what differs.
+    other = tmp_path / "other.zarr"
+    TileStore.open(other, StoreSignature.make(small_model, "none (values as they are)", GRID))
+    widget.use_tile_store(other)
+    wait_idle(qtbot, widget)
+    assert widget.embedding is None and widget.preview is None
+    assert "made differently: normalization" in widget.status.value
+    assert (other / "zarr.json").is_file()
