@@ -341,3 +341,22 @@ def test_use_a_store_made_earlier(make_widget, qtbot, small_model, tmp_path):
     assert widget.embedding is None and widget.preview is None
     assert "made differently: normalization" in widget.status.value
     assert (other / "zarr.json").is_file()
+
+
+def test_tiles_of_a_stack_follow_the_slice(make_widget, qtbot, small_model):
+    engine = GeometricEngine(small_model)
+    stack = np.stack([nuclei((300, 600), seed=s).image for s in (1, 2)])
+    viewer, widget, _ = open_tiled_image(make_widget, qtbot, engine, stack)
+    viewer.dims.current_step = (1, 0, 0)
+    wait_idle(qtbot, widget)
+    layer_named(viewer, "SAM points").add([1, 100, 100])
+    wait_idle(qtbot, widget)
+    assert widget.tiles_embedded == [0] and widget.preview is not None
+    tiles = layer_named(viewer, "SAM tiles")
+    assert tiles.ndim == 3 and len(tiles.data) == 6
+    assert all(np.all(r[:, 0] == 1) for r in tiles.data)  # drawn on slice 1
+    viewer.dims.current_step = (0, 0, 0)
+    wait_idle(qtbot, widget)
+    assert widget.tiles_embedded == []  # slice 0 has tiles of its own
+    assert all(np.all(r[:, 0] == 0) for r in layer_named(viewer, "SAM tiles").data)
+    assert tile_state_column(widget) == ["not embedded"] * 6
