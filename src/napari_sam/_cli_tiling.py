@@ -92,9 +92,9 @@ def tiling_for(args: argparse.Namespace, inp: _Input) -> TileGrid | None:
 
 
 def _store_path(args: argparse.Namespace, model_id: str, key: str, grid: TileGrid) -> Path:
-    t, h = grid.tile, grid.halo
-    name = f"{key}-tile{t[0]}x{t[1]}-halo{h[0]}x{h[1]}.zarr"
-    return _embeddings_dir(args) / "tiles" / model_id / name
+    from .core.tile_store import store_path
+
+    return store_path(_embeddings_dir(args), model_id, key, grid)
 
 
 def open_tiles(

@@ -254,16 +254,26 @@ def predict_objects(
     (:meth:`~napari_sam.core.engine.Prediction.region`): three full-size masks per object
     would cost 48 MiB on a 4096 x 4096 plane, a nucleus' regions a few kilobytes. Full masks
     are made only for the chosen candidates, when committed. A call's ``mask_input`` goes
-    to SAM as its mask prompt (:func:`napari_sam.core.refinement.predict`).
+    to SAM as its mask prompt (:func:`napari_sam.core.refinement.predict`). ``embedding`` may
+    be a :class:`~napari_sam.core.tiled_embedding.TiledEmbedding`: each object is then decoded
+    in its tile(s) (:func:`~napari_sam.core.tiled_prompts.predict_tiled`), masks at full size,
+    without mask prompts (low-resolution logits belong to one tile).
     """
+    from ._tiles import is_tiled
     from .core.refinement import predict
 
     out = []
     shape = tuple(int(s) for s in embedding.original_size)
+    tiled = is_tiled(embedding)  # a large image's tiles: each object decoded in its tile(s)
     for obj in objects:
         if cancel is not None and cancel():
             raise Cancelled("prediction cancelled")
-        pred = predict(engine, embedding, obj.prompts, refine=True, initial=obj.mask_input)
+        if tiled:
+            from .core.tiled_prompts import predict_tiled
+
+            pred = predict_tiled(engine, embedding, obj.prompts, cancel=cancel)
+        else:
+            pred = predict(engine, embedding, obj.prompts, refine=True, initial=obj.mask_input)
         for b, source in enumerate(obj.sources):
             out.append(
                 ObjectPreview(

@@ -66,16 +66,16 @@ class GeometricEngine(SamEngine):
         self._gate_lock = threading.Lock()
         self.gate_entered = threading.Event()
 
-    def embed(self, rgb, *, progress=None, cancel=None):
+    def embed(self, rgb, *, progress=None, cancel=None, **kwargs):
         with self._gate_lock:  # exactly one call takes the gate
             gate, self.gate = self.gate, None
         if gate is not None:
             self.gate_entered.set()
             assert gate.wait(30), "test gate never opened"
-            emb = super().embed(rgb)  # a late result, not a cancelled one
+            emb = super().embed(rgb, **kwargs)  # a late result, not a cancelled one
             self.late_key = emb.key
             return emb
-        return super().embed(rgb, progress=progress, cancel=cancel)
+        return super().embed(rgb, progress=progress, cancel=cancel, **kwargs)
 
     def predict(self, embedding, prompts: Prompts | None = None, **_):
         assert prompts is not None

@@ -17,6 +17,7 @@ __all__ = [
     "atomic_write",
     "cache_dir",
     "checkpoints_dir",
+    "embeddings_dir",
     "remove_stale_temps",
     "temp_sibling",
 ]
@@ -47,6 +48,15 @@ def cache_dir() -> Path:
 def checkpoints_dir() -> Path:
     """Return the folder downloaded checkpoints are kept in: ``cache_dir() / "checkpoints"``."""
     return cache_dir() / "checkpoints"
+
+
+def embeddings_dir() -> Path:
+    """Return the folder stored embeddings are kept in: ``cache_dir() / "embeddings"``.
+
+    The command line (unless ``--embeddings`` says otherwise) and the widget share it, so
+    that tiles embedded by ``napari-sam embed`` are found again in napari.
+    """
+    return cache_dir() / "embeddings"
 
 
 def temp_sibling(dest: Path) -> Path:

@@ -300,6 +300,38 @@ class TileStore:
             )
 
 
+def store_path(folder: str | Path, model_id: str, key: str, grid: TileGrid) -> Path:
+    """Where a tiled image's store lives in an embeddings folder.
+
+    ``FOLDER/tiles/<model>/<image key>-tile<R>x<C>-halo<R>x<C>.zarr``: the command line and
+    the widget both look here, so a store made by one is found by the other for the same
+    image (content ``key`` of its prepared RGB), model and tiling.
+    """
+    t, h = grid.tile, grid.halo
+    name = f"{key}-tile{t[0]}x{t[1]}-halo{h[0]}x{h[1]}.zarr"
+    return Path(folder) / "tiles" / model_id / name
+
+
+def stored_tiling(path: str | Path) -> dict[str, list[int]]:
+    """The tile geometry (:meth:`TileGrid.to_dict`) a napari-sam store at ``path`` holds.
+
+    Raises
+    ------
+    EmbeddingStoreError
+        When ``path`` is not a napari-sam embedding store this version reads.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise EmbeddingStoreError(f"{path} is not an embedding store (not a folder)")
+    stored, problem, _ = _read_signature(path)
+    tiling = stored.get("tiling")
+    if problem is None and not isinstance(tiling, dict):
+        problem = "its signature has no tile geometry"
+    if problem is not None:
+        raise EmbeddingStoreError(f"cannot use {path} as an embedding store: {problem}")
+    return tiling
+
+
 def _n_tiles(signature: StoreSignature) -> int:
     from .tiling import TileGrid
 

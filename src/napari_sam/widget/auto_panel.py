@@ -11,9 +11,11 @@ from napari.layers import Labels
 
 from .._layers import Plane, geometry_like, level0, spatial_shape
 from .._tasks import Task
+from .._tiles import open_plane_tiles
 from ..core.automatic import AutoParams, segment_automatically
 from ..core.errors import NapariSamError
 from ..core.lazy_arrays import empty_labels
+from ..core.locations import embeddings_dir
 from ..core.normalize import Normalization
 from .layer_menus import ROLE, add_quietly
 from .messages import report
@@ -155,16 +157,34 @@ class AutoPanel(Container):
         engine = host.model_panel.engine
         version = host.plane_embedder.data_version
         image_id = image.unique_id
+        tiling = host.tiling_panel
+        settings = tiling.settings()
+        grid = settings.grid(plane.shape)
+        tiles = tiling.current(plane) if grid is not None else None
 
         def job(task: Task) -> Any:
+            task.may_yield = lambda: not engine.in_forward()
+            if tiles is not None:  # the plane's tiles, with those embedded already
+                return _segment_tiles(task, engine, tiles, params, tiling.on_tile)
             rgb = norm.apply(plane.take(data), rgb=rgb_layer)
             task.check("normalising")
-            task.may_yield = lambda: not engine.in_forward()
+            if grid is not None:
+                opened = open_plane_tiles(
+                    engine,
+                    rgb,
+                    grid,
+                    norm.describe(data.dtype),
+                    folder=embeddings_dir(),
+                    store=settings.store,
+                )
+                return _segment_tiles(task, engine, opened, params, tiling.on_tile)
             return segment_automatically(
                 engine, rgb, params, progress=task.progress, cancel=task.is_cancelled
             )
 
         def done(task: Task, result: Any, error: BaseException | None) -> None:
+            if grid is not None:
+                tiling.untrack("auto")
             if error is not None:
                 host.set_status(report(error, "automatic segmentation failed"))
                 return
@@ -174,8 +194,12 @@ class AutoPanel(Container):
             if source is None or version != host.plane_embedder.data_version:
                 host.warn("Automatic segmentation discarded: its image changed meanwhile.")
                 return
-            self._add_result(source, plane, norm, params, result, engine)
+            layer = self._add_result(source, plane, norm, params, result, engine)
+            if grid is not None:
+                layer.metadata[PROVENANCE]["tiling"] = grid.to_dict()
 
+        if grid is not None:
+            tiling.track("auto", list(range(len(grid))))
         host.runner.start("auto", "automatic segmentation", job, done)
 
     def _record(
@@ -241,3 +265,19 @@ class AutoPanel(Container):
             f"Automatic segmentation: {result.n_objects} objects in {layer.name!r}.{hint}"
         )
         return layer
+
+
+def _segment_tiles(task: Task, engine: Any, tiles: Any, params: AutoParams, on_tile: Any) -> Any:
+    """Tiled automatic segmentation (in the worker), saying which tile it is in."""
+    from ..core.tiled_automatic import segment_tiled
+
+    n = len(tiles.grid)
+    task.label = f"automatic segmentation, tile 1 of {n}"
+
+    def tile_done(index: int) -> None:
+        on_tile(index)
+        task.label = f"automatic segmentation, tile {min(index + 2, n)} of {n}"
+
+    return segment_tiled(
+        engine, tiles, params, progress=task.progress, cancel=task.is_cancelled, on_tile=tile_done
+    )

@@ -42,7 +42,8 @@ def image_choices(viewer: Any) -> list[tuple[str, Any]]:
 
 
 def prompt_choices(viewer: Any, kind: type) -> list[tuple[str, Any]]:
-    layers = [(layer.name, layer) for layer in layers_of(viewer, kind)]
+    # Not the "SAM tiles" display: its rectangles are tiles, not boxes.
+    layers = [(layer.name, layer) for layer in layers_of(viewer, kind, "tiles")]
     # "(none)" before "new layer": when the chosen layer is deleted the menu falls back to
     # its first entry, which must not create a layer behind the user's back.
     return [*layers, ("(none)", NONE), ("new layer", NEW)]

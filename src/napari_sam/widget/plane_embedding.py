@@ -16,7 +16,9 @@ import numpy as np
 from .._layers import Plane, image_plane, level0, neighbour_planes, spatial_shape
 from .._session import Generation, key_text
 from .._tasks import Task
+from .._tiles import is_tiled, open_plane_tiles
 from ..core.errors import Cancelled, NapariSamError
+from ..core.locations import embeddings_dir
 from ..core.normalize import Normalization
 from .messages import report
 
@@ -118,7 +120,14 @@ class PlaneEmbedder:
             host.set_status(e.for_gui())
             return
         norm = host.normalization_settings(image)
-        key = (image.unique_id, self.data_version, plane, norm, host.model_panel.model_key())
+        key = (
+            image.unique_id,
+            self.data_version,
+            plane,
+            norm,
+            host.model_panel.model_key(),
+            host.tiling_panel.settings(),
+        )
         if key != self.key:
             self.invalidate(key, plane)
         elif self.embedded is not None:
@@ -148,6 +157,8 @@ class PlaneEmbedder:
         rgb_layer = bool(image.rgb)
         engine = host.model_panel.engine
         generation = self.generation.value
+        tiling = host.tiling_panel.settings()
+        grid = tiling.grid(plane.shape)
 
         def job(task: Task) -> tuple[Any, np.ndarray, bool, str | None]:
             task.check("reading the plane")
@@ -156,6 +167,12 @@ class PlaneEmbedder:
             note = blank_input_note(values, rgb)
             del values  # not held while the encoder runs
             task.check("normalising")
+            if grid is not None:  # a large plane: its tiles are embedded when needed
+                how = norm.describe(data.dtype)
+                tiles = open_plane_tiles(
+                    engine, rgb, grid, how, folder=embeddings_dir(), store=tiling.store
+                )
+                return tiles, rgb, False, note
             cached = engine.cached_embedding(rgb) is not None
             task.may_yield = lambda: not engine.in_forward()
             emb = engine.embed(rgb, progress=task.progress, cancel=task.is_cancelled)
@@ -180,6 +197,8 @@ class PlaneEmbedder:
                 return
             embedding, rgb, cached, note = result
             self.embedded = Embedded(key, plane, engine, embedding, rgb, cached, note)
+            if grid is not None:
+                host.tiling_panel.plane_ready(embedding)
             self.status_ready()
             if note is not None and note != self._last_note:
                 host.warn(note)  # once per cause, not on every blank slice of a stack
@@ -201,6 +220,8 @@ class PlaneEmbedder:
         embedded, image = self.embedded, host.image_layer()
         if embedded is None or image is None or not embedded.plane.is_stack:
             return
+        if is_tiled(embedded.embedding):
+            return  # tiles are embedded where prompts need them, not ahead
         runner = host.runner
         if any(runner.current(k) is not None for k in ("model", "embed", "predict", "auto")):
             return  # they call prefetch again when they are done
@@ -248,7 +269,10 @@ class PlaneEmbedder:
             return
         model = engine.model
         emb = self.embedded.embedding
-        took = "cached" if self.embedded.cached else f"{emb.seconds:.1f} s"
+        if is_tiled(emb):
+            took = f"{len(emb.grid)} tiles, embedded when needed"
+        else:
+            took = "cached" if self.embedded.cached else f"{emb.seconds:.1f} s"
         where = self.embedded.plane.describe(host.axis_labels())
         note = self.embedded.note
         host.set_status(

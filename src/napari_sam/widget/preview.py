@@ -110,6 +110,8 @@ class PreviewController:
             self.preview_version = version
             host.output_panel.preview_failed(nothing=True)
             return
+        if host.tiling_panel.embed_first(objects, self._after_tiles):
+            return  # the tiles these prompts need come first (a task with progress)
         engine = embedded.engine
         generation = planes.generation.value
 
@@ -137,6 +139,11 @@ class PreviewController:
             planes.prefetch()  # a click cancelled it: carry on embedding ahead
 
         host.runner.start("predict", "predicting masks", job, done)
+
+    def _after_tiles(self) -> None:
+        """The tiles the prompts needed are embedded: predict (live preview off too)."""
+        self.force = True
+        self.schedule()
 
     # -- drawing --
 

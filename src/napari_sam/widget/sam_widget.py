@@ -46,6 +46,7 @@ from .progress_panel import ProgressPanel
 from .prompt_panel import PromptPanel
 from .session_panel import SessionPanel
 from .task_runner import TaskRunner
+from .tiling_panel import TilingPanel
 from .volume_panel import VolumePanel
 
 # Before anything imports torchvision (segment-anything does): see the function's notes.
@@ -108,6 +109,7 @@ class SamWidget(Container):
         self.label_editor = LabelEditor(self)
         self.output_panel = OutputPanel(self)
         self.auto_panel = AutoPanel(self)
+        self.tiling_panel = TilingPanel(self)
         self.volume_panel = VolumePanel(self)
         self.session_panel = SessionPanel(self)
         self.progress_panel = ProgressPanel(self.runner, self.cancel)
@@ -119,6 +121,7 @@ class SamWidget(Container):
                 self.label_editor,
                 self.output_panel,
                 self.auto_panel,
+                self.tiling_panel,
                 self.volume_panel,
                 self.session_panel,
                 self.progress_panel,
@@ -198,6 +201,10 @@ class SamWidget(Container):
         self.auto_settings = auto.settings
         self.auto_toggle = auto.toggle
         self.auto_button = auto.button
+        tiling = self.tiling_panel
+        self.tiling_mode = tiling.mode
+        self.show_tiles = tiling.show_tiles
+        self.tiles_info = tiling.info
         self.progress = self.progress_panel.bar
         self.progress_text = self.progress_panel.text
         self.cancel_button = self.progress_panel.cancel_button
@@ -283,6 +290,7 @@ class SamWidget(Container):
         )
         self.preview_controller.show(None)
         self.label_editor.current(self.plane_embedder.plane)  # another plane ends an edit
+        self.tiling_panel.plane_changed()
 
     def on_model_ready(self) -> None:
         self.prompt_panel.model_changed(self.engine.model)
@@ -434,6 +442,34 @@ class SamWidget(Container):
             or self.auto_panel.pending
         )
 
+    # -- public API: tiling (large images, docs/large-images.md) --
+
+    def set_tiling(
+        self, tiling: str | tuple[int, int] = "auto", halo: tuple[int, int] | None = None
+    ) -> None:
+        """Tile large images: ``"auto"``, ``"off"`` or a tile ``(rows, cols)`` with its halo."""
+        self.tiling_panel.set_tiling(tiling, halo)
+
+    def use_tile_store(self, path: str | Path | None) -> None:
+        """Use tile embeddings made earlier (``napari-sam embed IMAGE --tile ...``)."""
+        self.tiling_panel.use_store(path)
+
+    @property
+    def tile_grid(self) -> Any:
+        """The :class:`~napari_sam.core.tiling.TileGrid` of the current plane (None: whole)."""
+        plane = self.plane_embedder.plane
+        return None if plane is None else self.tiling_panel.grid_for(plane.shape)
+
+    @property
+    def tiles_embedded(self) -> list[int]:
+        """Indices of the current plane's tiles whose embedding is available."""
+        return [i for i, s in enumerate(self.tiling_panel.states()) if s == "embedded"]
+
+    @property
+    def tiles_layer(self) -> Any:
+        """The "SAM tiles" Shapes layer showing the tiles (None when not shown)."""
+        return self.tiling_panel.layer
+
     # -- public API: actions (buttons and keys) --
 
     def segment(self) -> None:
@@ -526,6 +562,7 @@ class SamWidget(Container):
         self.closed = True
         self.runner.shutdown()
         self.progress_panel.close_all()
+        self.tiling_panel.stop()
         for timer in (
             self.plane_timer,
             self._sync_timer,
