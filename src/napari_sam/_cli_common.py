@@ -57,9 +57,9 @@ def _plural(n: int, word: str) -> str:
 
 def _embeddings_dir(args) -> Path:
     """The folder of stored embeddings: ``--embeddings`` or the user cache's."""
-    from .core.locations import cache_dir
+    from .core.locations import embeddings_dir
 
-    return args.embeddings or cache_dir() / "embeddings"
+    return args.embeddings or embeddings_dir()
 
 
 def _auto_params(args):

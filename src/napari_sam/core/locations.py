@@ -15,6 +15,7 @@ __all__ = [
     "TMP_SUFFIX",
     "cache_dir",
     "checkpoints_dir",
+    "embeddings_dir",
     "remove_stale_temps",
     "temp_sibling",
 ]
@@ -45,6 +46,15 @@ def cache_dir() -> Path:
 def checkpoints_dir() -> Path:
     """Return the folder downloaded checkpoints are kept in: ``cache_dir() / "checkpoints"``."""
     return cache_dir() / "checkpoints"
+
+
+def embeddings_dir() -> Path:
+    """Return the folder of stored image embeddings: ``cache_dir() / "embeddings"``.
+
+    Shared by ``napari-sam embed`` and the widget, so that embeddings precomputed on the
+    command line are found in napari (and the other way round).
+    """
+    return cache_dir() / "embeddings"
 
 
 def temp_sibling(dest: Path) -> Path:
