@@ -11,6 +11,7 @@ not computed again in a later session.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, Container, Label, PushButton
@@ -56,6 +57,7 @@ class EmbeddingCachePanel(Container):
             labels=False,
         )
         self.margins = (0, 0, 0, 0)
+        self._seen: tuple | None = None  # the store's folder times when last counted
         self.on_disk.changed.connect(self._on_toggled)
         self.clear_button.clicked.connect(self.clear)
         self.refresh()
@@ -69,13 +71,23 @@ class EmbeddingCachePanel(Container):
 
         return EmbeddingStore(embeddings_dir())
 
-    def refresh(self) -> None:
-        """Show how many embeddings the store holds and their size."""
+    def refresh(self, *, force: bool = False) -> None:
+        """Show how many embeddings the store holds and their size.
+
+        Called whenever the widget's work is done: the files are only counted again when a
+        model folder changed (its modification time), so a large store costs a few ``stat``
+        calls, not one per file, after every click.
+        """
         store = self.store()
         if store is None:
             self.usage.value = "(memory only)"
             self.usage.tooltip = ""
+            self._seen = None
             return
+        seen = _folder_times(store.folder)
+        if seen == self._seen and not force:
+            return
+        self._seen = seen
         n, size = store.usage()
         self.usage.value = f"{n} stored, {format_bytes(size)}"
         self.usage.tooltip = str(store.folder)
@@ -86,7 +98,7 @@ class EmbeddingCachePanel(Container):
         from ..core.locations import embeddings_dir
 
         removed = EmbeddingStore(embeddings_dir()).clear()
-        self.refresh()
+        self.refresh(force=True)
         self._host.set_status(f"Deleted {removed} stored embedding(s).")
         return removed
 
@@ -95,3 +107,14 @@ class EmbeddingCachePanel(Container):
         if panel.engine is not None and not panel.injected:
             panel.engine.store = self.store()
         self.refresh()
+
+
+def _folder_times(folder: Path) -> tuple:
+    """Modification times of ``folder``'s subfolders (one per model): they change whenever an
+    embedding file is added or removed there."""
+    try:
+        return tuple(
+            sorted((d.name, d.stat().st_mtime_ns) for d in folder.iterdir() if d.is_dir())
+        )
+    except OSError:  # not created yet
+        return ()
