@@ -2,11 +2,15 @@
 
 Opens napari with the widget, loads the "synthetic cells" sample, clicks an object, commits
 it, draws a box, and runs automatic segmentation, all with the bundled tiny model; saves
-``viewer.screenshot(canvas_only=False)`` at each step into ``docs/images/``.
+``viewer.screenshot(canvas_only=False)`` at each step into ``docs/images/``. The volume
+workflows of docs/volumes.md (``--only volumes``, :mod:`screenshots_volumes`): the bundled
+brain MRI and a synthetic CT (window, box on the key slice, propagation, 3D view, features
+table), the synthetic 3D nuclei (propagation, 3D automatic segmentation) and the synthetic
+time-lapse (tracks).
 
 Needs a display; on a server run it under Xvfb::
 
-    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/make_screenshots.py [--only volumes]
 """
 
 from __future__ import annotations
@@ -49,13 +53,16 @@ def hide_notifications() -> None:
                 dialog.close()
 
 
-def save(viewer, path: Path) -> None:
-    """Screenshot of the whole window, as a small palette PNG."""
+def save(viewer, path: Path, width: int | None = None) -> None:
+    """Screenshot of the whole window, as a small palette PNG (``width`` pixels wide)."""
     from PIL import Image
 
     hide_notifications()
     shot = viewer.screenshot(canvas_only=False, flash=False)
     img = Image.fromarray(np.asarray(shot)[..., :3])
+    if width is not None and img.width > width:
+        height = round(img.height * width / img.width)
+        img = img.resize((width, height), Image.Resampling.LANCZOS)
     scale = 1.0
     while True:
         out = (
@@ -76,19 +83,31 @@ def save(viewer, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
+    parser.add_argument(
+        "--only", choices=("2d", "volumes"), default=None, help="default: both sets"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("NAPARI_SAM_MODEL", "tiny")
-
     # segment-anything (torchvision, triton) before napari's OpenGL canvas exists: see
     # napari_sam._compat.
-    import napari
     import segment_anything  # noqa: F401
     import torch
-    from qtpy.QtWidgets import QApplication
-    from scipy import ndimage as ndi
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    if args.only != "volumes":
+        two_d(args.out)
+    if args.only != "2d":
+        import screenshots_volumes
+
+        screenshots_volumes.main(args.out)
+
+
+def two_d(out: Path) -> None:
+    """The 2D workflow of the user guide: click, box, commit, automatic segmentation."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+    from scipy import ndimage as ndi
 
     viewer = napari.Viewer(title="napari-sam")
     viewer.window.resize(1400, 860)
@@ -113,7 +132,7 @@ def main() -> None:
     boxes = next(layer for layer in viewer.layers if layer.name == "SAM boxes")
     points.add(np.asarray(click, float))
     wait(app, widget)
-    save(viewer, args.out / "first-click.png")
+    save(viewer, out / "first-click.png")
 
     widget.commit()
     wait(app, widget)
@@ -121,7 +140,7 @@ def main() -> None:
     r0, r1, c0, c1 = rows.min() - pad, rows.max() + pad, cols.min() - pad, cols.max() + pad
     boxes.add_rectangles(np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], float))
     wait(app, widget)
-    save(viewer, args.out / "box-and-commit.png")
+    save(viewer, out / "box-and-commit.png")
     widget.commit()
     wait(app, widget)
 
@@ -134,7 +153,7 @@ def main() -> None:
     for layer in viewer.layers:
         if layer.name in ("SAM labels", "SAM preview"):
             layer.visible = False
-    save(viewer, args.out / "auto-segment.png")
+    save(viewer, out / "auto-segment.png")
     widget.close()
     viewer.close()
 

@@ -184,3 +184,27 @@ def test_neighbour_planes_nearest_first_inside_the_data():
     t = Plane(axes=(2, 3), index=(5, 0, None, None), shape=(8, 9))
     got = [p.index for p in neighbour_planes(t, (10, 3, 8, 9), axis=0, reach=1)]
     assert got == [(6, 0, None, None), (4, 0, None, None)]
+
+
+def test_a_background_task_sees_when_a_more_urgent_job_waits():
+    gate = TorchGate()
+    background = Task("embed_all", "embedding all slices", gate=gate)
+    assert background.priority > PRIORITY["predict"]
+    seen = []
+
+    def job(t):
+        assert not t.outranked()
+        click = threading.Thread(
+            target=Task("predict", "preview", gate=gate).run, args=(seen.append,)
+        )
+        click.start()
+        deadline = time.monotonic() + 10
+        while not t.outranked():  # the click waits for the gate
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        t.progress(1, 2)  # gives way: the click runs now
+        click.join(10)
+        return len(seen)
+
+    assert background.run(job) == (True, 1)
+    assert not Task("embed_all", "x").outranked()  # no gate, nobody to give way to

@@ -57,6 +57,18 @@ def nuclei_3d() -> LayerData:
     ]
 
 
+def moving_nuclei() -> LayerData:
+    """A (T, Y, X) time-lapse of nuclei drifting across the frame, with their tracks."""
+    from .core.synthetic import make_moving_nuclei
+
+    s = make_moving_nuclei((16, 128, 128), n_objects=6, seed=2)
+    meta = {"axis_labels": ("t", "y", "x")}
+    return [
+        (s.image, {"name": "moving nuclei", **meta}, "image"),
+        (s.labels, {"name": "reference tracks", "visible": False, **meta}, "labels"),
+    ]
+
+
 SAMPLES = Path(__file__).parent / "data" / "samples"
 """Folder of the bundled sample scans."""
 

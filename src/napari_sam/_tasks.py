@@ -33,9 +33,12 @@ PRIORITY: dict[str, int] = {
     "auto": 2,
     "auto3d": 2,
     "prefetch": 3,
+    "embed_all": 3,
 }
 #: Kinds of work done only ahead of need: any other torch job cancels them (they hold the
-#: engine's lock while encoding, so they could not give way within a step).
+#: engine's lock while encoding, so they could not give way within a step). Embedding all
+#: slices ("embed_all") is not cancelled: it abandons the slice it is encoding when a more
+#: urgent job waits (:meth:`Task.outranked`), lets it run, and carries on.
 BACKGROUND = ("prefetch",)
 #: How often (seconds) a job waiting for the gate looks at its cancel flag.
 _POLL = 0.05
@@ -77,11 +80,15 @@ class TorchGate:
 
     def yield_(self, priority: int, cancelled: Callable[[], bool] | None = None) -> None:
         """Let a more urgent waiting job run first, then continue."""
-        with self._cond:
-            if not any(w < priority for w in self._waiting):
-                return
+        if not self.outranked(priority):
+            return
         self.release()
         self.acquire(priority, cancelled)
+
+    def outranked(self, priority: int) -> bool:
+        """Whether a job more urgent than ``priority`` waits for the gate (cheap, any thread)."""
+        with self._cond:
+            return any(w < priority for w in self._waiting)
 
     @property
     def busy(self) -> bool:
@@ -134,6 +141,15 @@ class Task:
         self.check()
         if self.gate is not None and (self.may_yield is None or self.may_yield()):
             self.gate.yield_(self.priority, self.is_cancelled)
+
+    def outranked(self) -> bool:
+        """Whether a more urgent job waits for the gate this task holds.
+
+        Background work polls it inside long steps (the encoder's blocks) to abandon the
+        step and give way at its next :meth:`progress` call, rather than make a click wait
+        for the whole step.
+        """
+        return self.gate is not None and self.gate.outranked(self.priority)
 
     def check(self, stage: str | None = None) -> None:
         """Raise :class:`Cancelled` when cancelled; call between the stages of a job."""

@@ -181,6 +181,21 @@ def test_store_overwrites_atomically(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["k.npz"]
 
 
+def test_store_usage_and_clear_leave_other_stores_alone(tmp_path):
+    store = EmbeddingStore(tmp_path / "emb")
+    assert store.usage() == (0, 0)  # the folder does not exist yet
+    paths = [store.save(fake_embedding(k, model_id=m)) for k, m in (("a", "m1"), ("b", "m2"))]
+    tiles = tmp_path / "emb" / "tiles" / "m1" / "img.zarr"  # a tiled image's zarr store
+    tiles.mkdir(parents=True)
+    (tiles / "zarr.json").write_text("{}")
+    (paths[0].parent / ".x.npz.part").write_bytes(b"partial")  # a killed write
+    n, size = store.usage()
+    assert n == 2 and size == sum(p.stat().st_size for p in paths) > 0
+    assert store.clear() == 2
+    assert store.usage() == (0, 0) and store.load("m1", "a") is None
+    assert not (tmp_path / "emb" / "m1").exists() and (tiles / "zarr.json").is_file()
+
+
 def test_store_missing_entry_is_none(tmp_path):
     store = EmbeddingStore(tmp_path / "never-created")
     assert store.load("m", "nothing") is None

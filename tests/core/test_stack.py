@@ -204,6 +204,46 @@ def test_cancel_stops_embedding_and_keeps_what_was_done(small_model, small_stack
     assert embed_slices(engine, small_stack).computed == 3
 
 
+def test_a_preempted_slice_is_abandoned_then_encoded_again(small_model, small_stack):
+    engine = RecordingEngine(small_model)
+    polls, progress = [], []
+
+    def preempt():  # a click arrives while the third slice is in the encoder
+        polls.append(len(engine.computed))
+        return len(engine.computed) == 2 and polls.count(2) == 1
+
+    done = embed_slices(
+        engine, small_stack, 2, progress=lambda d, t: progress.append(d), preempt=preempt
+    )
+    # The scheduler got its turn (progress) after slice 2 was given up, before it was redone.
+    assert progress == [1, 2, 2, 3, 4, 5]
+    assert (done.computed, done.reused) == (5, 0) and len(engine.computed) == 5
+    with pytest.raises(Cancelled):  # a real cancel during the encoder still stops it
+        embed_slices(
+            RecordingEngine(small_model), small_stack, progress=lambda d, t: None,
+            cancel=lambda: True, preempt=lambda: False,
+        )  # fmt: skip
+
+
+def test_stored_embeddings_are_not_reused_by_another_precision_or_model(
+    small_model, small_stack, tmp_path
+):
+    import dataclasses
+
+    from napari_sam.core.checkpoints import random_model
+    from napari_sam.core.embedding import EmbeddingCache
+
+    store = EmbeddingStore(tmp_path)
+    assert embed_slices(SamEngine(small_model, store=store), small_stack).computed == 5
+    same = SamEngine(small_model, store=store, cache=EmbeddingCache())
+    assert all(small_stack.cached_embedding(same, i) is not None for i in range(5))
+    bf16 = SamEngine(dataclasses.replace(small_model, precision="bf16"), store=store)
+    other = SamEngine(random_model(small_model.architecture, device="cpu", seed=1), store=store)
+    for engine in (bf16, other):
+        assert engine.model_id != small_model.model_id
+        assert all(small_stack.cached_embedding(engine, i) is None for i in range(5))
+
+
 # --------------------------------------------------------------------------------------------
 # object_table
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ hash). The same image and model never pay for the encoder twice in a session, an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -230,6 +231,39 @@ class EmbeddingStore:
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
+
+    def files(self) -> list[Path]:
+        """The stored embeddings (one ``.npz`` per image and model), in no order."""
+        try:
+            return [p for p in self.folder.glob("*/*.npz") if p.is_file()]
+        except OSError:  # pragma: no cover - an unreadable folder holds nothing we can use
+            return []
+
+    def usage(self) -> tuple[int, int]:
+        """(number of stored embeddings, bytes they take on disk)."""
+        files = self.files()
+        size = 0
+        for p in files:
+            with contextlib.suppress(OSError):  # removed meanwhile by another process
+                size += p.stat().st_size
+        return len(files), size
+
+    def clear(self) -> int:
+        """Delete every stored embedding (and left-over partial writes); return how many.
+
+        Only this store's files go: other things in the folder (the zarr stores of tiled
+        images, :mod:`napari_sam.core.tile_store`) are left alone.
+        """
+        removed = 0
+        for p in [*self.files(), *self.folder.glob("*/*.npz.part")]:
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed += p.suffix == ".npz"
+        for d in self.folder.glob("*"):
+            with contextlib.suppress(OSError):
+                if d.is_dir() and not d.name.endswith(".zarr") and not any(d.iterdir()):
+                    d.rmdir()
+        return removed
 
     def path_for(self, model_id: str, key: str) -> Path:
         """File that holds (or would hold) the embedding of ``key`` by ``model_id``."""

@@ -51,10 +51,10 @@ def checkpoints_dir() -> Path:
 
 
 def embeddings_dir() -> Path:
-    """Return the folder stored embeddings are kept in: ``cache_dir() / "embeddings"``.
+    """Return the folder of stored image embeddings: ``cache_dir() / "embeddings"``.
 
-    The command line (unless ``--embeddings`` says otherwise) and the widget share it, so
-    that tiles embedded by ``napari-sam embed`` are found again in napari.
+    Shared by ``napari-sam embed`` and the widget, so that embeddings precomputed on the
+    command line are found in napari (and the other way round).
     """
     return cache_dir() / "embeddings"
 

@@ -265,6 +265,7 @@ def embed_slices(
     keep_in_memory: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    preempt: CancelCheck | None = None,
 ) -> SliceEmbeddings:
     """Compute the embeddings of all (or some) slices, ``start`` first, then outward.
 
@@ -290,6 +291,12 @@ def embed_slices(
     cancel : callable, optional
         Polled before each slice and during the encoder; :class:`Cancelled` is raised when
         it returns True (embeddings finished so far stay cached).
+    preempt : callable, optional
+        Polled during the encoder like ``cancel``: when it returns True (more urgent work
+        waits), the slice being encoded is abandoned, ``progress`` is called with the slices
+        done so far (where a scheduler lets the urgent work run: see
+        :meth:`napari_sam._tasks.Task.progress`), and the slice is encoded again. Only the
+        abandoned slice's partial work is lost. Needs a ``progress`` that gives way.
 
     Returns
     -------
@@ -303,14 +310,23 @@ def embed_slices(
         order = [i for i in order if i in wanted]
     if keep_in_memory and engine.cache.max_items < len(order):
         engine.cache.max_items = len(order)
+    cancelled = cancel or (lambda: False)
+    stop = cancelled if preempt is None or progress is None else lambda: cancelled() or preempt()
     computed = reused = 0
     for done, i in enumerate(order):
-        if cancel is not None and cancel():
+        if cancelled():
             raise Cancelled("embedding of the slices cancelled")
         if stack.cached_embedding(engine, i) is not None:
             reused += 1
         else:
-            stack.embedding(engine, i, cancel=cancel)
+            while True:
+                try:
+                    stack.embedding(engine, i, cancel=stop)
+                    break
+                except Cancelled:
+                    if cancelled() or stop is cancelled:
+                        raise
+                    progress(done, len(order))  # preempted: more urgent work runs here
             computed += 1
         if progress is not None:
             progress(done + 1, len(order))

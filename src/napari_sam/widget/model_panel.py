@@ -196,6 +196,11 @@ class ModelPanel(Container):
         self._show_folder(None)
         self._host.on_settings_changed(now=True)
 
+    @property
+    def injected(self) -> bool:
+        """Whether the engine was handed in (:meth:`set_engine`) rather than loaded here."""
+        return self._injected is not None
+
     def set_engine(self, engine: Any) -> None:
         """Use an already loaded engine until the model or device control changes."""
         self._injected = ("injected", id(engine), str(engine.model.device))
@@ -221,6 +226,7 @@ class ModelPanel(Container):
         label = f"loading model {Path(checkpoint).name if checkpoint else name}"
         self._host.set_status(f"{label.capitalize()}…")
         self._show_folder(None)
+        store = self._host.cache_panel.store()  # embeddings on disk, unless turned off
 
         def job(task: Task) -> Any:
             from ..core.checkpoints import load_model
@@ -235,7 +241,7 @@ class ModelPanel(Container):
                 cancel=task.is_cancelled,
             )
             task.check("wrapping the model")
-            return SamEngine(model)
+            return SamEngine(model, store=store)
 
         self._host.runner.start("model", label, job, self._loaded, key=key)
         return False

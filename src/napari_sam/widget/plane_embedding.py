@@ -225,6 +225,8 @@ class PlaneEmbedder:
         runner = host.runner
         if any(runner.current(k) is not None for k in ("model", "embed", "predict", "auto")):
             return  # they call prefetch again when they are done
+        if runner.current("embed_all") is not None:
+            return  # it embeds every slice, these included
         planes = neighbour_planes(
             embedded.plane,
             spatial_shape(image),

@@ -12,7 +12,7 @@ from .._tasks import Task
 from .task_runner import TaskRunner
 
 #: Kinds of task shown with a bar (a click's prediction is too short to show).
-SHOWN = ("auto", "auto3d", "propagate", "model", "embed")
+SHOWN = ("auto", "auto3d", "propagate", "model", "embed", "embed_all")
 #: The bar counts in thousandths: Qt's progress bars hold 32-bit ints, and byte counts of
 #: large downloads (vit_h: 2.6e9) do not fit.
 STEPS = 1000
@@ -24,6 +24,8 @@ def describe(task: Task) -> str:
     text = f"{task.label.capitalize()}…"
     if task.kind == "model" and task.total > _MIB:  # a download: say how far, in MiB
         text += f" {task.done / _MIB:.0f} of {task.total / _MIB:.0f} MiB"
+    elif task.kind == "embed_all" and task.total:
+        text += f" embedded {task.done}/{task.total} slices"
     return text
 
 

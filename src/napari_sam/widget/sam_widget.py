@@ -35,6 +35,7 @@ from .._session import Preview
 from ..core.automatic import AutoParams
 from ..core.normalize import Normalization
 from .auto_panel import AutoPanel
+from .cache_panel import EmbeddingCachePanel
 from .label_editor import LabelEditor
 from .layer_menus import selected
 from .lifecycle import CloseWatcher, Connections, KeyBindings
@@ -112,6 +113,7 @@ class SamWidget(Container):
         self.tiling_panel = TilingPanel(self)
         self.volume_panel = VolumePanel(self)
         self.session_panel = SessionPanel(self)
+        self.cache_panel = EmbeddingCachePanel(self)
         self.progress_panel = ProgressPanel(self.runner, self.cancel)
         self.extend(
             [
@@ -124,6 +126,7 @@ class SamWidget(Container):
                 self.tiling_panel,
                 self.volume_panel,
                 self.session_panel,
+                self.cache_panel,
                 self.progress_panel,
             ]
         )
@@ -273,6 +276,8 @@ class SamWidget(Container):
     def _tasks_changed(self) -> None:
         if not self.closed:
             self.progress_panel.refresh()
+            if not self.runner.tasks():  # all done: new embeddings may be on disk
+                self.cache_panel.refresh()
 
     # -- events from the parts --
 
@@ -291,6 +296,7 @@ class SamWidget(Container):
         self.preview_controller.show(None)
         self.label_editor.current(self.plane_embedder.plane)  # another plane ends an edit
         self.tiling_panel.plane_changed()
+        self.volume_panel.plane_changed()
 
     def on_model_ready(self) -> None:
         self.prompt_panel.model_changed(self.engine.model)
@@ -526,6 +532,14 @@ class SamWidget(Container):
     def auto_segment_3d(self) -> None:
         """Automatic segmentation of every slice, linked through the stack (a worker)."""
         self.volume_panel.auto_segment_3d()
+
+    def embed_all_slices(self) -> None:
+        """Embed every slice of the stack in the background, this slice first, then outward.
+
+        Clicks, propagation and automatic segmentation go first; calling it again while it
+        runs stops it (as does :meth:`cancel`). See docs/volumes.md.
+        """
+        self.volume_panel.embed_all()
 
     def show_auto_settings(self, show: bool | None = None) -> None:
         """Expand (or collapse, or toggle when None) the automatic segmentation settings."""

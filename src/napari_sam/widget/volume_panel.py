@@ -20,7 +20,7 @@ from napari.layers import Labels
 from .._layers import Plane, check_target, geometry_like, level0, spatial_shape
 from .._stack import key_slice_objects, prompts_by_slice, slice_plane, write_stack
 from .._tasks import Task
-from ..core.errors import NapariSamError
+from ..core.errors import Cancelled, NapariSamError
 from .layer_menus import ROLE, add_quietly, selected
 from .messages import report
 from .output_panel import PROVENANCE, provenance
@@ -29,6 +29,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari.layers import Image
 
     from .sam_widget import SamWidget
+
+
+#: The embed-all button's text while nothing runs, and while it runs.
+EMBED_ALL, STOP_EMBED_ALL = "Embed all slices", "Stop embedding slices"
+#: Memory the embeddings of all slices may take (4 MiB a slice for the ViT models: 256
+#: slices). Beyond it, slices are kept on disk only, or, with the disk store turned off, only
+#: the slices nearest the current one are embedded.
+ALL_SLICES_MEMORY_BYTES = 2**30
 
 
 class VolumePanel(Container):
@@ -54,6 +62,12 @@ class VolumePanel(Container):
             "into the labels layer (one Ctrl+Z). Boxes on different slices that overlap are "
             "one object.",
         )
+        self.embed_all_button = PushButton(
+            text=EMBED_ALL,
+            tooltip="Compute the embeddings of every slice in the background (this slice first, "
+            "then outward), so that moving through the stack and propagating never wait for "
+            "the encoder. Clicks go first. Kept on disk when 'keep embeddings on disk' is on.",
+        )
         self.auto3d_button = PushButton(
             text="Auto segment 3D",
             tooltip="Segment every slice automatically and link the objects through the "
@@ -63,6 +77,7 @@ class VolumePanel(Container):
             widgets=[
                 Label(value="<b>Volume</b>"),
                 Container(widgets=[self.min_score]),
+                self.embed_all_button,
                 Container(
                     widgets=[self.propagate_button, self.auto3d_button],
                     layout="horizontal",
@@ -74,6 +89,7 @@ class VolumePanel(Container):
         self.margins = (0, 0, 0, 0)
         self.propagate_button.clicked.connect(self.propagate)
         self.auto3d_button.clicked.connect(self.auto_segment_3d)
+        self.embed_all_button.clicked.connect(self.embed_all)
 
     # -- the stack ---------------------------------------------------------------------------
 
@@ -124,7 +140,9 @@ class VolumePanel(Container):
 
     @staticmethod
     def _spacing(image: Image, plane: Plane, axis: int) -> tuple[float, float, float]:
-        scale = np.asarray(image.scale, float)
+        # napari's scale is negative on mirrored axes (scans shown in patient orientation):
+        # voxel sizes are its magnitude.
+        scale = np.abs(np.asarray(image.scale, float))
         return (scale[axis], scale[plane.axes[0]], scale[plane.axes[1]])
 
     # -- propagation ---------------------------------------------------------------------------
@@ -214,6 +232,82 @@ class VolumePanel(Container):
         ids = ", ".join(map(str, written.values()))
         host.set_status(f"Propagated label {ids} into {labels.name!r}.")
 
+    # -- embeddings of every slice ---------------------------------------------------------------
+
+    def embed_all(self) -> None:
+        """Embed every slice of the stack in the background (or stop doing so)."""
+        host = self._host
+        if host.runner.current("embed_all") is not None:
+            host.runner.cancel("embed_all")
+            return
+        stack = self._stack()
+        if stack is None or not self._model_ready():
+            return
+        _image, plane, axis, slices = stack
+        from ..core.stack import embed_slices, slice_order
+
+        engine, start, n = host.model_panel.engine, plane.index[axis], slices.n_slices
+        on_disk = engine.store is not None
+
+        def job(task: Task) -> Any:
+            fit = max(1, ALL_SLICES_MEMORY_BYTES // _embedding_bytes(engine))
+            engine.cache.max_items = max(engine.cache.max_items, min(n, fit))
+            # Without a disk store, slices beyond the memory budget would be thrown away
+            # again: embed only the nearest ones.
+            indices = None if on_disk or n <= fit else slice_order(n, start)[:fit]
+            done = embed_slices(
+                engine, slices, start, indices=indices, keep_in_memory=False,
+                progress=task.progress, cancel=task.is_cancelled, preempt=task.outranked,
+            )  # fmt: skip
+            return done, n if indices is None else len(indices)
+
+        def done(task: Task, result: Any, error: BaseException | None) -> None:
+            self.embed_all_button.text = EMBED_ALL
+            host.cache_panel.refresh()
+            if isinstance(error, Cancelled):
+                host.set_status(
+                    f"Embedding all slices stopped: {task.done}/{task.total or n} slices "
+                    "embedded (they stay cached)."
+                )
+                return
+            if error is not None:
+                host.set_status(report(error, "embedding all slices failed"))
+                return
+            emb, total = result
+            kept = "" if total == n else f" (the {total} nearest: memory only, see the disk box)"
+            host.set_status(
+                f"Embedded {total}/{n} slices{kept}: {emb.computed} computed, {emb.reused} "
+                f"already stored, {emb.seconds:.1f} s. Moving through the stack and "
+                "propagating use them."
+            )
+
+        # Said before the start: napari may process events while a task starts (its
+        # activity bar), and a job over cached slices can be done by then.
+        self.embed_all_button.text = STOP_EMBED_ALL
+        host.set_status(f"Embedding all {n} slices, from slice {start} outward…")
+        key = (*self._stack_key(), axis)
+        if host.runner.start("embed_all", "embedding all slices", job, done, key=key) is None:
+            self.embed_all_button.text = EMBED_ALL
+
+    def _stack_key(self) -> tuple:
+        """(image id, data version, plane, normalisation, model) of the current plane."""
+        key = self._host.plane_embedder.key
+        return (None,) * 5 if key is None else key
+
+    def plane_changed(self) -> None:
+        """Stop embedding all slices when the image, its data, the other axes' positions, the
+        intensities or the model change (moving along the stack's own axis is fine)."""
+        task = self._host.runner.current("embed_all")
+        if task is None:
+            return
+        *then, axis = task.key
+        now = self._stack_key()
+        same = [a == b for a, b in zip(then, now, strict=True)]
+        if now[2] is not None and then[2] is not None:
+            same[2] = slice_plane(now[2], axis, 0) == slice_plane(then[2], axis, 0)
+        if not all(same):
+            self._host.runner.cancel("embed_all")
+
     # -- 3D automatic segmentation -------------------------------------------------------------
 
     def auto_segment_3d(self) -> None:
@@ -271,3 +365,10 @@ class VolumePanel(Container):
 def _params(obj: Any) -> dict[str, Any]:
     """A parameters dataclass as a plain dict (for metadata)."""
     return {k: getattr(obj, k) for k in getattr(obj, "__dataclass_fields__", {})}
+
+
+def _embedding_bytes(engine: Any) -> int:
+    """Memory one image embedding of ``engine``'s model takes (float32 features)."""
+    prompt_encoder = engine.model.sam.prompt_encoder
+    h, w = prompt_encoder.image_embedding_size
+    return int(prompt_encoder.embed_dim) * int(h) * int(w) * 4
