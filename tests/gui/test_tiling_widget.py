@@ -360,3 +360,33 @@ def test_tiles_of_a_stack_follow_the_slice(make_widget, qtbot, small_model):
     assert widget.tiles_embedded == []  # slice 0 has tiles of its own
     assert all(np.all(r[:, 0] == 0) for r in layer_named(viewer, "SAM tiles").data)
     assert tile_state_column(widget) == ["not embedded"] * 6
+
+
+def test_memory_only_writes_no_tile_store(make_widget, qtbot, tiny_engine):
+    """With "keep embeddings on disk" off, tiles are embedded in memory only."""
+    import os
+    from pathlib import Path
+
+    cache = Path(os.environ["NAPARI_SAM_CACHE"])
+    shape, tile, halo = (240, 480), (240, 240), (16, 16)  # 2 tiles
+    viewer, widget = make_widget(engine=tiny_engine)
+    widget.cache_panel.on_disk.value = False
+    widget.set_tiling(tile, halo)
+    viewer.add_image(nuclei(shape, seed=5).image, name="img")
+    wait_idle(qtbot, widget)
+    layer_named(viewer, "SAM points").add([120, 100])
+    wait_idle(qtbot, widget)
+    assert widget.tiles_embedded == [0] and widget.preview is not None
+    widget.points_per_side.value = 4
+    widget.auto_segment()  # embeds the other tile
+    wait_idle(qtbot, widget, timeout=180_000)
+    assert widget.tiles_embedded == [0, 1]
+    assert _stores(cache) == []
+
+    widget.cache_panel.on_disk.value = True  # the same steps with the setting on: a store
+    viewer.layers.clear()
+    viewer.add_image(nuclei(shape, seed=6).image, name="img2")
+    wait_idle(qtbot, widget)
+    layer_named(viewer, "SAM points").add([120, 100])
+    wait_idle(qtbot, widget)
+    assert len(_stores(cache)) == 1

@@ -15,7 +15,6 @@ from .._tiles import open_plane_tiles
 from ..core.automatic import AutoParams, segment_automatically
 from ..core.errors import NapariSamError
 from ..core.lazy_arrays import empty_labels
-from ..core.locations import embeddings_dir
 from ..core.normalize import Normalization
 from .layer_menus import ROLE, add_quietly
 from .messages import report
@@ -161,6 +160,7 @@ class AutoPanel(Container):
         settings = tiling.settings()
         grid = settings.grid(plane.shape)
         tiles = tiling.current(plane) if grid is not None else None
+        folder = host.cache_panel.folder()  # read here: widgets belong to the GUI thread
 
         def job(task: Task) -> Any:
             task.may_yield = lambda: not engine.in_forward()
@@ -174,7 +174,7 @@ class AutoPanel(Container):
                     rgb,
                     grid,
                     norm.describe(data.dtype),
-                    folder=embeddings_dir(),
+                    folder=folder,
                     store=settings.store,
                 )
                 return _segment_tiles(task, engine, opened, params, tiling.on_tile)

@@ -62,14 +62,25 @@ class EmbeddingCachePanel(Container):
         self.clear_button.clicked.connect(self.clear)
         self.refresh()
 
-    def store(self) -> EmbeddingStore | None:
-        """The on-disk store for a model the widget loads, or None when the setting is off."""
+    def folder(self) -> Path | None:
+        """The embeddings folder (whole planes and tile stores), or None when the setting is off.
+
+        Tile stores of large images follow the same setting: "memory only" writes nothing.
+        """
         if not self.on_disk.value:
             return None
-        from ..core.embedding import EmbeddingStore
         from ..core.locations import embeddings_dir
 
-        return EmbeddingStore(embeddings_dir())
+        return embeddings_dir()
+
+    def store(self) -> EmbeddingStore | None:
+        """The on-disk store for a model the widget loads, or None when the setting is off."""
+        folder = self.folder()
+        if folder is None:
+            return None
+        from ..core.embedding import EmbeddingStore
+
+        return EmbeddingStore(folder)
 
     def refresh(self, *, force: bool = False) -> None:
         """Show how many embeddings the store holds and their size.

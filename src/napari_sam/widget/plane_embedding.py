@@ -18,7 +18,6 @@ from .._session import Generation, key_text
 from .._tasks import Task
 from .._tiles import is_tiled, open_plane_tiles
 from ..core.errors import Cancelled, NapariSamError
-from ..core.locations import embeddings_dir
 from ..core.normalize import Normalization
 from .messages import report
 
@@ -159,6 +158,7 @@ class PlaneEmbedder:
         generation = self.generation.value
         tiling = host.tiling_panel.settings()
         grid = tiling.grid(plane.shape)
+        folder = host.cache_panel.folder()  # read here: widgets belong to the GUI thread
 
         def job(task: Task) -> tuple[Any, np.ndarray, bool, str | None]:
             task.check("reading the plane")
@@ -169,9 +169,7 @@ class PlaneEmbedder:
             task.check("normalising")
             if grid is not None:  # a large plane: its tiles are embedded when needed
                 how = norm.describe(data.dtype)
-                tiles = open_plane_tiles(
-                    engine, rgb, grid, how, folder=embeddings_dir(), store=tiling.store
-                )
+                tiles = open_plane_tiles(engine, rgb, grid, how, folder=folder, store=tiling.store)
                 return tiles, rgb, False, note
             cached = engine.cached_embedding(rgb) is not None
             task.may_yield = lambda: not engine.in_forward()
