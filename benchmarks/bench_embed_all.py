@@ -90,7 +90,12 @@ def main() -> None:
     p.add_argument("--slices", type=int, default=8)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--click-every", type=float, default=0.5)
+    p.add_argument(
+        "--click-every",
+        type=float,
+        default=None,
+        help="seconds between clicks (default: 1.5x the measured seconds per slice)",
+    )
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.quick:
@@ -105,10 +110,13 @@ def main() -> None:
         assert again.computed == 0, "the stored embeddings were not found"
         from_disk = again.seconds / args.slices
         n, size = store.usage()
-    waits = click_waits(args.model, stack, args.click_every)
+    # Clicks faster than one slice's encoding would hold the job back entirely (each costs it
+    # the slice being encoded): by default they come a little slower than that.
+    every = args.click_every if args.click_every is not None else 1.5 * compute
+    waits = click_waits(args.model, stack, every)
     wait = (
         f"{1000 * statistics.median(waits):.0f} ms median, {1000 * max(waits):.0f} ms max "
-        f"({len(waits)} clicks)"
+        f"({len(waits)} clicks, one every {every:.1f} s)"
         if waits
         else "no click landed during the run"
     )

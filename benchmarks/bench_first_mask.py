@@ -17,14 +17,14 @@ first mask
     counts): imports, loading the checkpoint, reading the image, the embedding and one click
     (the mask at the image's resolution). The parent times the whole process; the child
     reports each stage. Ours: ``load_model`` + ``SamEngine.embed`` + ``predict().mask()`` (no
-    embedding cache on disk), at fp32, and on CPUs with bfloat16 units (AMX) also at bf16
-    (what ``"auto"`` picks there for ViT models; for vit_t it stays fp32 until measured).
+    embedding cache on disk), at fp32, and also at the plan ``"auto"`` picks on this CPU when
+    it is not fp32 (e.g. bf16 with AMX; MobileSAM's TinyViT stays fp32).
     Official: ``segment_anything`` (``sam_model_registry`` / ``SamPredictor``) for vit_b and
     the tiny model (built from segment_anything's classes), MobileSAM's ``mobile_sam`` for vit_t.
 embedding
     The encoder alone, in this process, official and ours alternating on the same weights
-    (medians), with the largest difference of the embeddings; ours at fp32, and at bf16 on
-    CPUs with AMX ("(auto)" where ``"auto"`` picks it).
+    (medians), with the largest difference of the embeddings; ours at fp32, and at the plan
+    ``"auto"`` picks where it is not fp32 (marked "(auto)").
 
 Targets of issue 11 (2-core laptop-class CPU): vit_t embedding of a 1024 x 1024 image <= 0.7 s
 (MobileSAM's own code: about 1.3 s) and a first mask in about 1 s.
@@ -218,9 +218,9 @@ def embedding_rows(name: str, path: Path, repeats: int) -> list[dict[str, Any]]:
         return go
 
     variants = {"official": official, "ours fp32": run("fp32")}
-    if resolve_precision("auto", "cpu") != "fp32":  # a CPU with bfloat16 units
-        auto = resolve_precision("auto", "cpu", ours.architecture.encoder_type) == "bf16"
-        variants["ours bf16" + (" (auto)" if auto else "")] = run("bf16")
+    auto = resolve_precision("auto", "cpu", ours.architecture.encoder_type)
+    if auto != "fp32":  # what "auto" picks on this CPU (e.g. bf16 with AMX), as well
+        variants[f"ours {auto} (auto)"] = run(auto)
     times = alternate(variants, repeats, warmup=1)
     rows = []
     base = statistics.median(times["official"])
@@ -307,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
                 {**base, "variant": "official"},
                 {**base, "variant": "ours", "precision": "fp32"},
             ]
-            if resolve_auto() != "fp32":  # a CPU with bfloat16 units: measure bf16 too
-                variants.append({**base, "variant": "ours", "precision": "bf16"})
+            auto = resolve_auto("tiny_vit" if name == "vit_t" else "vit")
+            if auto != "fp32":  # e.g. bf16 on a CPU with bfloat16 units: measure it too
+                variants.append({**base, "variant": "ours", "precision": auto})
             for spec in variants:
                 row = first_mask_runs(spec, repeats)
                 first.append(row)
@@ -330,10 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def resolve_auto() -> str:
+def resolve_auto(encoder_type: str) -> str:
+    """The precision plan ``"auto"`` picks on this CPU for an encoder type."""
     from napari_sam.core.acceleration import resolve_precision
 
-    return resolve_precision("auto", "cpu")
+    return resolve_precision("auto", "cpu", encoder_type)
 
 
 if __name__ == "__main__":

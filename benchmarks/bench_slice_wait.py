@@ -44,6 +44,14 @@ def _spin(app, until, timeout: float = 300.0) -> float:
     return time.perf_counter() - t0
 
 
+def _ready(widget, z: int) -> bool:
+    """Whether the embedding of slice ``z`` is there (not the previous slice's, still shown
+    until the widget's short debounce after a move has passed)."""
+    embedder = widget.plane_embedder
+    embedded = embedder.embedded
+    return embedded is not None and embedded.key == embedder.key and embedded.plane.index[0] == z
+
+
 def run(model_name: str, prefetch: bool, dwells: list[float], moves: int, size: int) -> list:
     import napari
     from qtpy.QtWidgets import QApplication
@@ -71,7 +79,7 @@ def run(model_name: str, prefetch: bool, dwells: list[float], moves: int, size: 
     try:
         viewer.add_image(stack, name="stack")
         viewer.dims.current_step = (0, 0, 0)
-        _spin(app, lambda: widget.embedding is not None)
+        _spin(app, lambda: _ready(widget, 0))
         z = 0
         for dwell in dwells:
             waits = []
@@ -81,7 +89,7 @@ def run(model_name: str, prefetch: bool, dwells: list[float], moves: int, size: 
                 z += 1
                 t0 = time.perf_counter()
                 viewer.dims.current_step = (z, 0, 0)
-                _spin(app, lambda: widget.embedding is not None)
+                _spin(app, lambda z=z: _ready(widget, z))
                 waits.append(time.perf_counter() - t0)
             rows.append((model_name, prefetch, dwell, statistics.median(waits), len(waits)))
             print(

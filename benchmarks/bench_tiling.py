@@ -15,11 +15,14 @@ Run from a checkout with napari-sam installed, on an otherwise idle machine::
     seconds, seconds per tile (constant if the time grows linearly with the tiles), objects,
     and the process's peak RSS during the segmentation and over the whole run (image
     generation included). Thresholds as the tests use them for this under-trained model
-    (``pred_iou_thresh`` 0.5, ``stability_score_thresh`` 0.7), 32 x 32 prompts per tile.
+    (``pred_iou_thresh`` 0.5, ``stability_score_thresh`` 0.7), ``--points-per-side`` squared
+    prompts per tile (32 x 32 by default; 8 x 8 is one batch of the decoder, as many as
+    ``points_per_batch``: the decoder's memory per batch is the same, the time much smaller).
 ``vitb``
     ViT-B with random weights (no download; speed does not depend on the weights) embeds
     ``--tiles`` tiles of 1024 x 1024 of a 3072 x 3072 image through ``TiledEmbedding.ensure``;
-    printed: seconds per tile (median), at fp32 and bf16 on CPU, fp32 and fp16 on CUDA.
+    printed: seconds per tile (median), at fp32 and (CPU) the precision ``auto`` picks, or
+    (CUDA) fp16.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ rgb = prepare_image(s.image)
 del s
 engine = SamEngine.from_name("tiny", device="cpu")
 grid = TileGrid(rgb.shape[:2])
-params = AutoParams(pred_iou_thresh=0.5, stability_score_thresh=0.7, min_size=20)
+params = AutoParams(points_per_side=int(sys.argv[3]), pred_iou_thresh=0.5,
+                    stability_score_thresh=0.7, min_size=20)
 before = peak()  # image generation and model loading
 reset_peak()
 t0 = time.perf_counter()
@@ -74,12 +78,12 @@ print(json.dumps({"size": size, "tiles": len(grid), "seconds": seconds,
 """
 
 
-def bench_auto(sizes: list[int], threads: int) -> None:
+def bench_auto(sizes: list[int], threads: int, points_per_side: int) -> None:
     print("| image | tiles | time | per tile | objects | peak RSS (segmenting) | peak RSS (run) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for size in sizes:
         out = subprocess.run(
-            [sys.executable, "-c", AUTO_CHILD, str(size), str(threads)],
+            [sys.executable, "-c", AUTO_CHILD, str(size), str(threads), str(points_per_side)],
             capture_output=True,
             text=True,
             check=True,
@@ -105,7 +109,13 @@ def bench_vitb(n_tiles: int, device: str, threads: int) -> None:
     torch.set_num_threads(threads)
     rgb = np.random.default_rng(0).integers(0, 255, (3072, 3072, 3), dtype=np.uint8)
     grid = TileGrid(rgb.shape[:2])
-    precisions = ("fp32", "fp16") if device.startswith("cuda") else ("fp32", "bf16")
+    from napari_sam.core.acceleration import resolve_precision
+
+    # CUDA: fp16 too; CPU: the plan "auto" picks on this machine when it is not fp32 (bf16 on
+    # a CPU without bfloat16 units is many times slower: not worth minutes of benchmark).
+    auto = resolve_precision("auto", device)
+    precisions = ("fp32", "fp16") if device.startswith("cuda") else ("fp32", auto)
+    precisions = tuple(dict.fromkeys(precisions))
     print("| ViT-B per tile (1024 x 1024 block) | device | median | runs |")
     print("|---|---|---:|---:|")
     for precision in precisions:
@@ -131,10 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiles", type=int, default=4)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--points-per-side", type=int, default=32, help="auto: prompts per tile side (32: SAM's)"
+    )
     args = ap.parse_args(argv)
     print(f"load average at start: {os.getloadavg()}; threads {args.threads}", flush=True)
     if args.what == "auto":
-        bench_auto(args.sizes, args.threads)
+        bench_auto(args.sizes, args.threads, args.points_per_side)
     else:
         bench_vitb(args.tiles, args.device, args.threads)
     return 0
