@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import platform
 import threading
 import time
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .locations import cache_dir, temp_sibling
+from .locations import atomic_write, cache_dir
 from .precision_plan import PrecisionPlan
 
 __all__ = ["Calibration", "calibrate", "cpu_info", "measured_plan"]
@@ -373,17 +372,11 @@ def _write_record(cal: Calibration) -> None:
     while len(entries) > MAX_RECORD_ENTRIES:
         entries.pop(next(iter(entries)))
     dest = record_path()
-    tmp = temp_sibling(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"version": 1, "entries": entries}, indent=1), "utf-8")
-        os.replace(tmp, dest)
+        atomic_write(dest, json.dumps({"version": 1, "entries": entries}, indent=1).encode())
     except OSError as e:
         log.debug("cannot record the precision calibration in %s: %s", dest, e)
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # pragma: no cover - nothing more to do
-            pass
 
 
 def calibration(*, refresh: bool = False) -> Calibration:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
-from .locations import cache_dir, temp_sibling
+from .locations import atomic_write, cache_dir
 
 __all__ = ["ALGORITHMS", "file_digests", "file_sha256", "new_hasher", "remember"]
 
@@ -104,17 +104,11 @@ def _write_record(key: FileKey, digests: dict[str, str]) -> None:
     while len(files) > MAX_RECORD_ENTRIES:
         files.pop(next(iter(files)))
     dest = _record_path()
-    tmp = temp_sibling(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"version": 1, "files": files}), encoding="utf-8")
-        os.replace(tmp, dest)
+        atomic_write(dest, json.dumps({"version": 1, "files": files}).encode("utf-8"))
     except OSError as e:
         log.debug("cannot record file hashes in %s: %s", dest, e)
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # pragma: no cover - nothing more to do
-            pass
 
 
 def _known(key: FileKey) -> dict[str, str]:
