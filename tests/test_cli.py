@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from cli_helpers import model_args, run
 
 from napari_sam import __version__
 from napari_sam.cli import main
@@ -55,16 +56,6 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.delenv("NAPARI_SAM_BASE_URL", raising=False)
 
     return folder
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def model_args(files):
-    return ["--checkpoint", files[0], "--device", "cpu"]
 
 
 def assert_one_error_line(code, out, err, match):

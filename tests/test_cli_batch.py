@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
+from cli_helpers import run
 
 from napari_sam import _cli_batch
 from napari_sam.cli import main
@@ -54,12 +55,6 @@ def cache(tmp_path, monkeypatch):
 def copies(images, tmp_path):
     """The images in a folder of this test's own (to change them)."""
     return shutil.copytree(images, tmp_path / "images")
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def auto(capsys, embeddings, *argv):

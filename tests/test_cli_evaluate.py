@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import tifffile
+from cli_helpers import run
 
 from napari_sam.cli import main
 from napari_sam.core.clicks import ClickResults, simulate_object
@@ -34,12 +35,6 @@ def scene(tmp_path_factory):
     tifffile.imwrite(folder / "cells.tif", s.image)
     tifffile.imwrite(folder / "labels.tif", s.labels.astype(np.uint16))
     return folder, s
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_table_last_line_and_json(capsys, tmp_path, scene):

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import tifffile
+from cli_helpers import run
 
 from napari_sam.cli import main
 from napari_sam.core.checkpoints import load_model, save_checkpoint
@@ -75,12 +76,6 @@ def recorded(tmp_path_factory, small_model, small_arch, make_image):
         )
     session = record.save(folder / "session.json")
     return session, tif, ckpt, image, labels
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def edited(recorded, tmp_path, edit):

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import tifffile
+from cli_helpers import model_args, run
 
 from napari_sam.cli import main
 from napari_sam.core.automatic import AutoParams
@@ -45,16 +46,6 @@ def cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(folder))
     return folder
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def model_args(files):
-    return ["--checkpoint", files[0], "--device", "cpu"]
 
 
 def stores(cache):

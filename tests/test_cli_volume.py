@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import tifffile
+from cli_helpers import model_args, run
 from volume_files import FLIPPED_XYZ, write_dicom_series, write_itk
 
 from napari_sam.cli import main
@@ -38,16 +39,6 @@ def cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(folder))
     return folder
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def model_args(scan):
-    return ["--checkpoint", scan[0], "--device", "cpu"]
 
 
 def one_error_line(code, out, err, match):
