@@ -91,13 +91,17 @@ def main() -> None:
 
     viewer = napari.Viewer()
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam-kit", "Segment Anything")
+    if STATE == "embed_all":  # the tiny model: 24 slices take seconds, closed mid-run
+        from napari_sam.core.engine import SamEngine
+
+        widget.set_engine(SamEngine.from_name("tiny", device="cpu"))
     if STATE in ("embedding", "preview", "propagate"):
         kind = {"embedding": "embed", "preview": "predict", "propagate": "predict"}[STATE]
         widget.set_engine(_slow_engine(kind))
     if STATE == "samples":
         for key in ("coins", "cell", "ihc", "synthetic_cells", "nuclei_3d"):
             viewer.open_sample("napari-sam-kit", key)
-    elif STATE == "propagate":
+    elif STATE in ("propagate", "embed_all"):
         from napari_sam.core.synthetic import make_nuclei_volume
 
         viewer.add_image(make_nuclei_volume((24, 96, 96), n_objects=4).image, name="stack")
@@ -146,6 +150,12 @@ def main() -> None:
             elif runner.current("predict") is None:
                 widget.propagate()
             return False
+        if STATE == "embed_all":
+            task = runner.current("embed_all")
+            if task is None and widget.embedding is not None:
+                widget.embed_all_slices()
+                return False
+            return task is not None and task.done > 0
         if STATE == "auto":
             if widget.engine is None or widget.embedding is None:
                 return False

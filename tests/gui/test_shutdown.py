@@ -44,6 +44,7 @@ def _run(state: str, how: str, tmp_path: Path) -> subprocess.CompletedProcess:
         ("embedding", "window"),
         ("preview", "window"),
         ("propagate", "window"),
+        ("embed_all", "viewer"),  # Embed all slices running in the background
         ("auto", "viewer"),
     ],
 )

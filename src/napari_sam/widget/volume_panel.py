@@ -301,7 +301,10 @@ class VolumePanel(Container):
         if task is None:
             return
         *then, axis = task.key
-        now = self._stack_key()
+        now = self._host.plane_embedder.key
+        if now is None:  # the image is gone (e.g. napari closing): nothing left to embed
+            self._host.runner.cancel("embed_all")
+            return
         same = [a == b for a, b in zip(then, now, strict=True)]
         if now[2] is not None and then[2] is not None:
             same[2] = slice_plane(now[2], axis, 0) == slice_plane(then[2], axis, 0)
