@@ -7,7 +7,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported when used, so that ``--version`` and ``--help`` stay fast
     import numpy as np
@@ -18,6 +18,24 @@ if TYPE_CHECKING:  # imported when used, so that ``--version`` and ``--help`` st
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+class _OnePlane:
+    """A lazy 2D image (an OME-Zarr level, a large TIFF's zarr view) as ``planes`` of one:
+    ``planes[0]`` is the image itself, unread; nothing here reads pixels."""
+
+    def __init__(self, plane: Any) -> None:
+        self.plane = plane
+        self.shape = (1, *(int(s) for s in plane.shape))
+        self.dtype = plane.dtype
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> Any:
+        if index not in (0, -1):
+            raise IndexError(f"plane {index} of a single 2D image")
+        return self.plane
+
+
 @dataclass
 class _Input:
     """An image or volume read for a command, with the normalisation of all its planes.
@@ -25,11 +43,13 @@ class _Input:
     ``planes`` holds 2D planes (``(1, H, W[, C])`` for an image, ``(Z, H, W[, C])`` for a
     volume, every ``(t, z)`` plane for 4D); ``norm`` is fixed once for all of them (see
     :func:`napari_sam.core.windows.volume_normalization`), so neighbouring slices look alike
-    to SAM and slices embedded by ``embed`` are found again by ``segment``.
+    to SAM and slices embedded by ``embed`` are found again by ``segment``. A 2D image read
+    lazily (OME-Zarr, a large compressed TIFF) has ``planes`` a :class:`_OnePlane`, its
+    channels where the file has them (``norm.channel_axis``), and its ``geometry``.
     """
 
     path: Path
-    planes: np.ndarray
+    planes: np.ndarray | _OnePlane
     norm: Normalization
     rgb: bool | None
     geometry: VolumeGeometry | None
@@ -37,10 +57,20 @@ class _Input:
 
     @property
     def plane_shape(self) -> tuple[int, int]:
+        if self.geometry is not None:  # also right for channels first (a lazy (C, H, W))
+            return tuple(self.geometry.shape[-2:])  # type: ignore[return-value]
         return tuple(self.planes.shape[1:3])  # type: ignore[return-value]
 
+    @property
+    def is_lazy(self) -> bool:
+        """A 2D image whose pixels stay in its file (zarr, a large TIFF, memory-mapped or
+        not): tiled commands read it tile by tile."""
+        from .core.lazy_arrays import is_on_disk
+
+        return not self.is_volume and is_on_disk(self.planes[0])
+
     def rgb_plane(self, index: int) -> np.ndarray:
-        """The uint8 RGB SAM input of plane ``index``."""
+        """The uint8 RGB SAM input of plane ``index`` (a lazy image is read whole)."""
         return self.norm.apply(self.planes[index], rgb=self.rgb)
 
     def describe(self) -> str:

@@ -41,6 +41,7 @@ from ._cli_common import (
     _coords,
     _embeddings_dir,
     _Input,
+    _OnePlane,
     _plural,
     _write_table,
     known_error,
@@ -49,6 +50,8 @@ from ._cli_parser import _parser
 
 if TYPE_CHECKING:  # imported when used, so that ``--version`` and ``--help`` stay fast
     from .core.engine import SamEngine
+    from .core.lazy_images import LazyImage
+    from .core.normalize import Normalization
 
 
 def _read(args: argparse.Namespace, path: Path) -> _Input:
@@ -56,6 +59,7 @@ def _read(args: argparse.Namespace, path: Path) -> _Input:
     import numpy as np
 
     from .core.io import READ_SUFFIXES, file_suffix, read_image
+    from .core.lazy_images import open_lazy_image
     from .core.normalize import Normalization
     from .core.volume_io import read_volume
     from .core.windows import volume_normalization
@@ -68,6 +72,9 @@ def _read(args: argparse.Namespace, path: Path) -> _Input:
         channels=args.channels,
     )
     rgb = True if args.rgb else None
+    image = open_lazy_image(path)  # OME-Zarr, large compressed TIFF: no pixels read
+    if image is not None and not image.is_volume:
+        return _lazy_input(args, image, base)
     if args.channel_axis is not None and file_suffix(path) in READ_SUFFIXES:
         # --channel-axis counts the axes of the array as stored: one 2D plane, as always.
         data = read_image(path)
@@ -90,6 +97,21 @@ def _read(args: argparse.Namespace, path: Path) -> _Input:
     )
     planes = volume.data.reshape(-1, *volume.data.shape[g.ndim - 2 :])
     return _Input(path, planes, norm, rgb, g, is_volume=True)
+
+
+def _lazy_input(args: argparse.Namespace, image: LazyImage, base: Normalization) -> _Input:
+    """A 2D OME-Zarr or large TIFF, unread: tiled commands read it tile by tile."""
+    from .core.lazy_images import is_zarr_folder
+    from .core.windows import volume_normalization
+
+    # The file says where the channels are; --channel-axis (the axes as stored) is for a
+    # TIFF only, as it is for smaller ones. OME-Zarr axes are named by their metadata.
+    if args.channel_axis is None or is_zarr_folder(image.source):
+        base = replace(base, channel_axis=None if image.rgb else image.channel_axis)
+    plane = image.plane
+    norm = volume_normalization(plane, base, window=args.window) if args.window else base
+    rgb = True if (args.rgb or image.rgb) else None
+    return _Input(image.source, _OnePlane(plane), norm, rgb, image.geometry, is_volume=False)
 
 
 def _engine(args: argparse.Namespace):

@@ -28,7 +28,7 @@ from .errors import ImageError, exception_line
 from .geometry import VolumeGeometry, normalize_unit
 from .lazy_arrays import tiff_pixels
 
-__all__ = ["read_tiff_volume"]
+__all__ = ["map_tiff_axes", "read_tiff_volume", "tiff_spacing"]
 
 _UNNAMED = "QIERHAPLVM"  # tifffile's letters for sequences and other axes it cannot name
 
@@ -66,12 +66,12 @@ def read_tiff_volume(path: Path) -> tuple[np.ndarray, VolumeGeometry, bool]:
             series = tif.series[0]
             data = tiff_pixels(series)  # large plain files are mapped, not read
             axes = series.axes.upper()
-            meta = _metadata(tif)
+            meta = tiff_spacing(tif)
     except Exception as exc:  # tifffile raises many types; all mean "cannot decode this file"
         raise ImageError(f"Cannot read image {path}: {exception_line(exc)}") from exc
     if len(axes) != data.ndim:  # never seen, but the mapping below relies on it
         axes = "Q" * (data.ndim - 2) + "YX"
-    order, letters, channel = _map_axes(path, axes, data.shape)
+    order, letters, channel = map_tiff_axes(path, axes, data.shape)
     data = np.transpose(data, order)
     rgb = channel == "S" and data.shape[-1] in (3, 4)
     shape = data.shape[: len(letters)]
@@ -82,7 +82,9 @@ def read_tiff_volume(path: Path) -> tuple[np.ndarray, VolumeGeometry, bool]:
     return data, geometry, rgb
 
 
-def _map_axes(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[list[int], str, str | None]:
+def map_tiff_axes(
+    path: Path, axes: str, shape: tuple[int, ...]
+) -> tuple[list[int], str, str | None]:
     """Transpose order, napari-sam axis letters and channel letter for tifffile's ``axes``."""
     channels = [i for i, a in enumerate(axes) if a in "CS"]
     unnamed = [i for i, a in enumerate(axes) if a in _UNNAMED]
@@ -108,7 +110,7 @@ def _map_axes(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[list[int],
     return spatial + channels, letters, axes[channels[0]] if channels else None
 
 
-def _metadata(tif: Any) -> dict[str, tuple[float, str]]:
+def tiff_spacing(tif: Any) -> dict[str, tuple[float, str]]:
     """Spacing and unit per axis letter (``"X"``, ``"Y"``, ``"Z"``, ``"T"``) found in ``tif``."""
     out: dict[str, tuple[float, str]] = {}
     if tif.is_ome and tif.ome_metadata:

@@ -11,6 +11,8 @@ the pixel array with its :class:`~napari_sam.core.geometry.VolumeGeometry`.
   never reoriented; units are mm.
 - **TIFF** is read with tifffile; axes and spacing come from ImageJ or OME metadata when the
   file has them (see :mod:`napari_sam.core.tiff_geometry`).
+- **OME-Zarr** folders (OME-NGFF 0.4 and 0.5): level 0, with the spacing of its metadata
+  (:mod:`napari_sam.core.lazy_images`; the command line reads 2D ones tile by tile).
 - **PNG, JPEG, BMP, NumPy** files carry no geometry: unit spacing, axes guessed from the shape
   (:func:`guess_axes`).
 
@@ -34,6 +36,7 @@ from .geometry import VolumeGeometry
 from .io import READ_SUFFIXES, file_suffix, read_image
 from .itk_io import ITK_WRITE_SUFFIXES, itk_detail, itk_quiet, write_itk_labels
 from .lazy_arrays import is_on_disk, sample_values
+from .lazy_images import is_zarr_folder, open_ome_zarr
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -171,7 +174,7 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     ----------
     path : str or os.PathLike
         A NIfTI, NRRD, MetaImage, DICOM (a series folder, or any file of the series: the
-        whole series is read), TIFF, PNG, JPEG, BMP or ``.npy`` file.
+        whole series is read), TIFF, PNG, JPEG, BMP or ``.npy`` file, or an OME-Zarr folder.
 
     Returns
     -------
@@ -182,9 +185,13 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     ------
     ImageError
         One line naming the path and the reason: missing, unsupported, truncated or damaged
-        file, a folder holding no or several DICOM series, a multi-component medical image.
+        file, a folder holding no or several DICOM series, a multi-component medical image,
+        a zarr folder that is not an OME-Zarr image or too large a volume.
     """
     path = Path(path)
+    if is_zarr_folder(path):
+        image = open_ome_zarr(path)  # read whole here (the command line tiles 2D ones)
+        return Volume(image.read(), image.geometry, rgb=image.rgb, source=path)
     if path.is_dir():
         return _read_dicom(path, None)
     check_readable(path)
@@ -222,7 +229,7 @@ def check_readable(path: str | os.PathLike[str]) -> None:
     if suffix not in READABLE_SUFFIXES and not is_dicom_file(path):
         raise ImageError(
             f"Cannot read image {path}: unsupported file type {suffix or '(no extension)'!r} "
-            f"(supported: {', '.join(READABLE_SUFFIXES)}, or a DICOM folder)."
+            f"(supported: {', '.join(READABLE_SUFFIXES)}, a DICOM folder or an OME-Zarr folder)."
         )
     if not path.is_file():
         raise ImageError(f"Cannot read image {path}: not a file.")
