@@ -101,16 +101,15 @@ def open_tiles(
     args: argparse.Namespace, engine: SamEngine, inp: _Input, grid: TileGrid, rgb: np.ndarray
 ) -> TiledEmbedding:
     """``rgb``'s tiles, with their store in the embeddings folder (unless disabled)."""
-    from .core.embedding import image_key
     from .core.tile_store import StoreSignature, TileStore
-    from .core.tiled_embedding import open_tiled
+    from .core.tiled_embedding import open_tiled, plane_key
 
     store = None
     if not args.no_embedding_cache:
         signature = StoreSignature.make(
             engine.model, inp.norm.describe(inp.planes.dtype), grid, n_planes=1
         )
-        path = _store_path(args, engine.model_id, image_key(rgb), grid)
+        path = _store_path(args, engine.model_id, plane_key(rgb), grid)
         path.parent.mkdir(parents=True, exist_ok=True)
         store = TileStore.open(path, signature, on_mismatch="recompute")
         for note in store.notes:

@@ -103,16 +103,15 @@ def open_plane_tiles(
     TiledEmbedding
         Its store's ``notes`` say what was recomputed and why (a store made differently).
     """
-    from .core.embedding import image_key
     from .core.tile_store import StoreSignature, TileStore, store_path
-    from .core.tiled_embedding import open_tiled
+    from .core.tiled_embedding import open_tiled, plane_key
 
     if store is None and folder is None:
         return open_tiled(engine, rgb, grid)
     signature = StoreSignature.make(engine.model, normalization, grid, n_planes=1)
     mismatch = "error" if store is not None else "recompute"
     if store is None:
-        store = store_path(folder, engine.model_id, image_key(rgb), grid)  # type: ignore[arg-type]
+        store = store_path(folder, engine.model_id, plane_key(rgb), grid)  # type: ignore[arg-type]
         store.parent.mkdir(parents=True, exist_ok=True)
     tile_store = TileStore.open(store, signature, on_mismatch=mismatch)
     return open_tiled(engine, rgb, grid, store=tile_store, on_mismatch=mismatch)

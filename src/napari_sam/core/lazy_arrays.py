@@ -30,6 +30,7 @@ __all__ = [
     "LABEL_CHUNK",
     "MAP_BYTES",
     "REGION",
+    "PlaneView",
     "chunk_shape",
     "empty_labels",
     "is_lazy",
@@ -153,6 +154,56 @@ def read_plane(data: Any, key: Sequence[int | slice], axes: Sequence[int]) -> np
     if out is None:  # an empty plane: nothing to read
         return np.asarray(data[key])
     return out
+
+
+class PlaneView:
+    """One plane of an nD array, sliced like a 2D array and read only where sliced.
+
+    ``PlaneView(data, index, axes)[r0:r1, c0:c1]`` reads that region of the plane of
+    ``data`` that :func:`read_plane` would read whole: rows along ``axes[0]``, columns along
+    ``axes[1]`` (transposed when ``axes[0] > axes[1]``), the other leading axes fixed by
+    ``index``, trailing axes (RGB channels) whole. A
+    :class:`~napari_sam.core.prepared_plane.PreparedPlane` of it converts only those regions.
+
+    Parameters
+    ----------
+    data : array-like
+        NumPy, dask, zarr, ...
+    index : sequence of int or None
+        For each leading axis of ``data``: the index of the plane, or None for the plane's
+        rows and columns.
+    axes : (int, int)
+        The axes of ``data`` holding the plane's rows and columns.
+    """
+
+    def __init__(self, data: Any, index: Sequence[int | None], axes: Sequence[int]) -> None:
+        if len(axes) != 2 or any(index[a] is not None for a in axes):
+            raise ValueError(f"axes {tuple(axes)} must be the two free axes of {tuple(index)}")
+        self.data = data
+        self.index = tuple(index)
+        self.axes = (int(axes[0]), int(axes[1]))
+        trailing = tuple(int(s) for s in data.shape[len(self.index) :])
+        self.shape = (int(data.shape[self.axes[0]]), int(data.shape[self.axes[1]]), *trailing)
+        self.dtype = np.dtype(data.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        rows, cols = (*key, slice(None), slice(None))[:2]
+        full = []
+        for axis, i in enumerate(self.index):
+            if axis == self.axes[0]:
+                full.append(rows)
+            elif axis == self.axes[1]:
+                full.append(cols)
+            else:
+                full.append(i)
+        out = np.asarray(self.data[tuple(full) + tuple(key[2:])])
+        if self.axes[0] > self.axes[1] and out.ndim >= 2:
+            if isinstance(rows, slice) and isinstance(cols, slice):
+                out = np.swapaxes(out, 0, 1)
+        return out
 
 
 def empty_labels(shape: Sequence[int], dtype: Any = np.int32) -> Any:

@@ -6,13 +6,16 @@ tile geometry, image shape, software and format versions) is written when the st
 and checked whenever it is opened. A store made differently is never silently reused: it is
 reported (:class:`~napari_sam.core.errors.EmbeddingStoreError`, naming what differs) or, when
 the caller asks for it, emptied and recomputed. Each plane's content key (the hash of its
-prepared image) is checked the same way before its tiles are used.
+prepared image, or for a lazy plane an identity that does not read every pixel) is checked
+the same way before its tiles are used, and each tile's own content hash before it is used.
 
 Layout (zarr v3)::
 
     STORE.zarr/           group; attributes: "napari_sam_embeddings" (the format),
                           "signature", "plane_keys", "input_size"
       features            float32 (planes, tiles, C, E, E), one chunk per tile of a plane
+      keys                uint8 (planes, tiles, 16): content hash of the pixels of each tile's
+                          block (blake2b-128 of the prepared block, as ``image_key``)
       done                uint8 (planes, tiles): 1 once a tile's chunk is completely written
 
 A tile's ``done`` flag is set only after its chunk is written, so a run that stops half-way
@@ -39,8 +42,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .checkpoints import LoadedModel
     from .tiling import TileGrid
 
+#: Bytes of a tile's content hash (:func:`~napari_sam.core.embedding.image_key`, blake2b-128).
+_KEY_BYTES = 16
+
 #: Version of the layout above; a store of another format is not read.
-STORE_FORMAT = 1
+STORE_FORMAT = 2
 _MARK = "napari_sam_embeddings"
 OnMismatch = Literal["error", "recompute"]
 
@@ -136,7 +142,17 @@ class TileStore:
                 fill_value=0,
                 compressors=None,
             )
+        if "keys" not in group:
+            group.create_array(
+                "keys",
+                shape=(signature.n_planes, n_tiles, _KEY_BYTES),
+                chunks=(1, n_tiles, _KEY_BYTES),
+                dtype="uint8",
+                fill_value=0,
+                compressors=None,
+            )
         self._done = np.asarray(group["done"][:], dtype=bool)
+        self._keys = np.asarray(group["keys"][:], dtype=np.uint8)
 
     @classmethod
     def open(
@@ -247,11 +263,30 @@ class TileStore:
         value = self._group.attrs.get("input_size")
         return None if value is None else (int(value[0]), int(value[1]))
 
-    def load(self, plane: int, tile: int, *, device: str = "cpu") -> torch.Tensor | None:
-        """(1, C, E, E) float32 features of a stored tile; None when absent or unreadable."""
+    def tile_key(self, plane: int, tile: int) -> str | None:
+        """Content hash of the pixels a stored tile was computed from (None: not stored)."""
+        if not self.has(plane, tile):
+            return None
+        return bytes(self._keys[plane, tile]).hex()
+
+    def load(
+        self, plane: int, tile: int, *, device: str = "cpu", key: str | None = None
+    ) -> torch.Tensor | None:
+        """(1, C, E, E) float32 features of a stored tile; None when absent or unreadable.
+
+        With ``key`` (the content hash of the tile's block now, see
+        :func:`~napari_sam.core.embedding.image_key`), a tile computed from other pixels is
+        not returned either (it is noted in :attr:`notes` and computed again by its user):
+        the plane's key of a lazy plane does not cover every pixel, each tile's does.
+        """
         import torch
 
         if not self.has(plane, tile):
+            return None
+        if key is not None and self.tile_key(plane, tile) != key:
+            self.notes.append(
+                f"recomputing tile {tile} of plane {plane} in {self.path}: its pixels changed"
+            )
             return None
         try:
             data = np.asarray(self._group["features"][plane, tile], dtype=np.float32)
@@ -262,10 +297,21 @@ class TileStore:
         return torch.from_numpy(np.ascontiguousarray(data))[None].to(device)
 
     def save(
-        self, plane: int, tile: int, features: torch.Tensor, input_size: tuple[int, int]
+        self,
+        plane: int,
+        tile: int,
+        features: torch.Tensor,
+        input_size: tuple[int, int],
+        *,
+        key: str | None = None,
     ) -> None:
-        """Write a tile's (1, C, E, E) features, then mark it done."""
+        """Write a tile's (1, C, E, E) features and the content hash ``key`` of its block,
+        then mark it done."""
         self._check_index(plane, tile)
+        self._mark(plane, tile, False)  # never done with a half-written chunk or old key
+        digest = np.zeros(_KEY_BYTES, np.uint8)
+        if key is not None:
+            digest[:] = np.frombuffer(bytes.fromhex(key), np.uint8)[:_KEY_BYTES]
         data = features.detach().float().cpu().numpy()[0]
         with self._lock:
             if "features" not in self._group:
@@ -285,6 +331,8 @@ class TileStore:
                     f"store {self.path} holds tiles resized to {self.input_size}"
                 )
             self._group["features"][plane, tile] = data
+            self._group["keys"][plane, tile] = digest
+            self._keys[plane, tile] = digest
         self._mark(plane, tile, True)
 
     def _mark(self, plane: int, tile: int, done: bool) -> None:

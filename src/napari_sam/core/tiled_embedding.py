@@ -21,10 +21,10 @@ from .embedding import (
     CancelCheck,
     ImageEmbedding,
     ProgressCallback,
-    check_rgb,
     image_key,
 )
 from .errors import Cancelled, EmbeddingStoreError, ImageError
+from .prepared_plane import PreparedPlane, check_prepared
 from .tile_store import OnMismatch, TileStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,11 +42,13 @@ class TiledEmbedding:
     Attributes
     ----------
     grid : TileGrid
-    rgb : ndarray
-        The prepared uint8 (H, W, 3) image (not copied); blocks are cut from it when needed.
+    rgb : ndarray or PreparedPlane
+        The prepared uint8 (H, W, 3) image (not copied), or a
+        :class:`~napari_sam.core.prepared_plane.PreparedPlane` of a lazy plane; blocks are
+        cut from it (read and converted, for a lazy plane) when needed.
     model_id : str
     key : str
-        Content hash of ``rgb``.
+        Content hash of ``rgb`` (:func:`plane_key`).
     store : TileStore, optional
         Where tiles are read from and written to.
     plane : int
@@ -57,7 +59,7 @@ class TiledEmbedding:
     """
 
     grid: TileGrid
-    rgb: np.ndarray
+    rgb: np.ndarray | PreparedPlane
     model_id: str
     key: str
     store: TileStore | None = None
@@ -98,7 +100,10 @@ class TiledEmbedding:
                 return emb
         if self.store is None or self.store.input_size is None:
             return None
-        features = self.store.load(self.plane, index, device=device)
+        if not self.store.has(self.plane, index):
+            return None
+        key = image_key(self.block(index))  # the tile's pixels now: stored from the same?
+        features = self.store.load(self.plane, index, device=device, key=key)
         if features is None:
             return None
         emb = ImageEmbedding(
@@ -106,7 +111,7 @@ class TiledEmbedding:
             original_size=self.grid.block_shape,
             input_size=self.store.input_size,
             model_id=self.model_id,
-            key=image_key(self.block(index)),
+            key=key,
         )
         self._keep(index, emb)
         return emb
@@ -167,15 +172,21 @@ class TiledEmbedding:
 
             emb = engine.embed(self.block(i), progress=step, cancel=cancel, save=False)
             if self.store is not None:
-                self.store.save(self.plane, i, emb.features, emb.input_size)
+                self.store.save(self.plane, i, emb.features, emb.input_size, key=emb.key)
             self._keep(i, emb)
             if on_tile is not None:
                 on_tile(i)
 
 
+def plane_key(rgb: np.ndarray | PreparedPlane) -> str:
+    """The key of a plane for its tile store: the content hash of a prepared image, the
+    identity of a :class:`~napari_sam.core.prepared_plane.PreparedPlane` (no full read)."""
+    return rgb.key if isinstance(rgb, PreparedPlane) else image_key(rgb)
+
+
 def open_tiled(
     engine: SamEngine,
-    rgb: np.ndarray,
+    rgb: np.ndarray | PreparedPlane,
     grid: TileGrid,
     *,
     store: TileStore | None = None,
@@ -185,16 +196,19 @@ def open_tiled(
 ) -> TiledEmbedding:
     """A :class:`TiledEmbedding` of ``rgb`` with nothing computed yet (tiles in ``store`` count).
 
-    ``store``'s plane ``plane`` is bound to (or checked against) the content of ``rgb``; see
-    :meth:`TileStore.check_plane` for ``on_mismatch``.
+    ``rgb`` is a prepared image or a :class:`~napari_sam.core.prepared_plane.PreparedPlane`
+    (a lazy plane: only the blocks of the tiles used are ever read). ``store``'s plane
+    ``plane`` is bound to (or checked against) :func:`plane_key` of ``rgb``; see
+    :meth:`TileStore.check_plane` for ``on_mismatch``. Each stored tile is used only if the
+    pixels of its block are those it was computed from.
     """
-    check_rgb(rgb)
+    check_prepared(rgb)
     if tuple(rgb.shape[:2]) != grid.image_shape:
         raise ImageError(
             f"the tile grid is for a {grid.image_shape[0]} x {grid.image_shape[1]} image, "
             f"not {rgb.shape[0]} x {rgb.shape[1]}"
         )
-    key = image_key(rgb)
+    key = plane_key(rgb)
     if store is not None:
         if store.signature.tiling != grid.to_dict():
             raise EmbeddingStoreError(
@@ -220,7 +234,7 @@ def open_tiled(
 
 def embed_tiled(
     engine: SamEngine,
-    rgb: np.ndarray,
+    rgb: np.ndarray | PreparedPlane,
     grid: TileGrid,
     *,
     store: TileStore | None = None,
