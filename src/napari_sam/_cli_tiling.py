@@ -22,6 +22,7 @@ from ._cli_common import EXIT_OK, _auto_params, _embeddings_dir, _Input, _plural
 
 if TYPE_CHECKING:  # imported when used, so that ``--help`` stays fast
     from .core.engine import SamEngine
+    from .core.prepared_plane import PreparedPlane
     from .core.tiled_embedding import TiledEmbedding
     from .core.tiling import TileGrid
 
@@ -97,17 +98,36 @@ def _store_path(args: argparse.Namespace, model_id: str, key: str, grid: TileGri
     return store_path(_embeddings_dir(args), model_id, key, grid)
 
 
+def tile_source(inp: _Input) -> np.ndarray | PreparedPlane:
+    """What ``inp``'s tiles are cut from: a :class:`PreparedPlane` of a lazy image (OME-Zarr,
+    a large TIFF, mapped or not), which reads and converts only the blocks of the tiles used;
+    the prepared image otherwise."""
+    if not inp.is_lazy:
+        return inp.rgb_plane(0)
+    from .core.prepared_plane import PreparedPlane
+
+    return PreparedPlane(inp.planes[0], inp.norm, rgb=inp.rgb)
+
+
 def open_tiles(
-    args: argparse.Namespace, engine: SamEngine, inp: _Input, grid: TileGrid, rgb: np.ndarray
+    args: argparse.Namespace,
+    engine: SamEngine,
+    inp: _Input,
+    grid: TileGrid,
+    rgb: np.ndarray | PreparedPlane,
 ) -> TiledEmbedding:
-    """``rgb``'s tiles, with their store in the embeddings folder (unless disabled)."""
+    """``rgb``'s tiles (:func:`tile_source`), with their store in the embeddings folder
+    (unless disabled)."""
+    from .core.prepared_plane import PreparedPlane
     from .core.tile_store import StoreSignature, TileStore
     from .core.tiled_embedding import open_tiled, plane_key
 
     store = None
     if not args.no_embedding_cache:
+        # A prepared plane's percentiles are fixed to contrast limits: those go in the store.
+        norm = rgb.norm.describe() if isinstance(rgb, PreparedPlane) else None
         signature = StoreSignature.make(
-            engine.model, inp.norm.describe(inp.planes.dtype), grid, n_planes=1
+            engine.model, norm or inp.norm.describe(inp.planes.dtype), grid, n_planes=1
         )
         path = _store_path(args, engine.model_id, plane_key(rgb), grid)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +166,7 @@ def _embed_tiles(engine: SamEngine, tiled: TiledEmbedding, tiles: list[int] | No
 
 def embed_tiles(args: argparse.Namespace, engine: SamEngine, inp: _Input, grid: TileGrid) -> None:
     """``napari-sam embed`` of a tiled image: every tile into its store."""
-    tiled = open_tiles(args, engine, inp, grid, inp.rgb_plane(0))
+    tiled = open_tiles(args, engine, inp, grid, tile_source(inp))
     _embed_tiles(engine, tiled)
     where = f" in {tiled.store.path}" if tiled.store is not None else ""
     print(f"{inp.path}: {_plural(len(grid), 'tile embedding')} stored{where}")
@@ -159,12 +179,11 @@ def segment_tiles(
     from .core.io import write_labels
     from .core.tiled_prompts import plan_tiles, predict_tiled
 
-    rgb = inp.rgb_plane(0)
-    tiled = open_tiles(args, engine, inp, grid, rgb)
+    tiled = open_tiles(args, engine, inp, grid, tile_source(inp))
     needed = sorted({t for parts in plan_tiles(grid, prompts) for t, _ in parts})
     _embed_tiles(engine, tiled, needed)
     pred = predict_tiled(engine, tiled, prompts)
-    labels = np.zeros(rgb.shape[:2], np.int32)
+    labels = np.zeros(inp.plane_shape, np.int32)
     for obj in range(pred.n_objects):
         pred.region(obj).paint(labels, obj + 1)
     for obj in range(pred.n_objects):
@@ -185,7 +204,7 @@ def auto_tiles(args: argparse.Namespace, engine: SamEngine, inp: _Input, grid: T
     from .core.io import write_labels
     from .core.tiled_automatic import segment_tiled
 
-    tiled = open_tiles(args, engine, inp, grid, inp.rgb_plane(0))
+    tiled = open_tiles(args, engine, inp, grid, tile_source(inp))
     n = len(grid)
     print(f"automatic segmentation in {grid.describe()}", file=sys.stderr)
     last = [-1]
