@@ -188,3 +188,22 @@ def test_ome_zarr_volume_is_embedded_slice_by_slice(capsys, tmp_path, files):
     code, out, err = run(capsys, "embed", zpath, "--precision", "fp32", *model_args(files))
     assert code == 0, err
     assert out.startswith(f"{zpath}: 3 slice embeddings stored")
+
+
+def test_a_folder_of_ome_zarr_images_runs_in_batch(capsys, tmp_path, files):
+    folder = tmp_path / "plates"
+    folder.mkdir()
+    small = files[1][:96, :128]
+    write_ome_zarr(folder / "a.ome.zarr", small, "yx")
+    write_ome_zarr(folder / "b.zarr", small[::-1].copy(), "yx", version="0.5")
+    out = tmp_path / "results"
+    out.mkdir()
+    args = ["--points-per-side", "2", *AUTO, "--tile", "off", *model_args(files)]
+    code, _, err = run(capsys, "auto", folder, "-o", out, *args)
+    assert code == 0, err
+    assert sorted(p.name for p in out.glob("*_labels.tif")) == ["a_labels.tif", "b_labels.tif"]
+    code, _, err = run(capsys, "auto", folder / "a.ome.zarr", "-o", tmp_path / "a.tif", *args)
+    assert code == 0, err
+    np.testing.assert_array_equal(
+        tifffile.imread(out / "a_labels.tif"), tifffile.imread(tmp_path / "a.tif")
+    )

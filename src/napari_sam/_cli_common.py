@@ -20,11 +20,16 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 class _OnePlane:
     """A lazy 2D image (an OME-Zarr level, a large TIFF's zarr view) as ``planes`` of one:
-    ``planes[0]`` is the image itself, unread; nothing here reads pixels."""
+    ``planes[0]`` is the image itself, unread, with its channels where the file has them
+    (``channel_axis``); :attr:`shape` is that of other ``planes``, ``(1, H, W[, C])``.
+    Nothing here reads pixels."""
 
-    def __init__(self, plane: Any) -> None:
+    def __init__(self, plane: Any, channel_axis: int | None) -> None:
         self.plane = plane
-        self.shape = (1, *(int(s) for s in plane.shape))
+        shape = [int(s) for s in plane.shape]
+        if channel_axis is not None and len(shape) == 3:
+            shape.append(shape.pop(channel_axis))
+        self.shape = (1, *shape)
         self.dtype = plane.dtype
 
     def __len__(self) -> int:
@@ -57,8 +62,6 @@ class _Input:
 
     @property
     def plane_shape(self) -> tuple[int, int]:
-        if self.geometry is not None:  # also right for channels first (a lazy (C, H, W))
-            return tuple(self.geometry.shape[-2:])  # type: ignore[return-value]
         return tuple(self.planes.shape[1:3])  # type: ignore[return-value]
 
     @property

@@ -111,7 +111,8 @@ def _lazy_input(args: argparse.Namespace, image: LazyImage, base: Normalization)
     plane = image.plane
     norm = volume_normalization(plane, base, window=args.window) if args.window else base
     rgb = True if (args.rgb or image.rgb) else None
-    return _Input(image.source, _OnePlane(plane), norm, rgb, image.geometry, is_volume=False)
+    planes = _OnePlane(plane, None if rgb else norm.channel_axis)
+    return _Input(image.source, planes, norm, rgb, image.geometry, is_volume=False)
 
 
 def _engine(args: argparse.Namespace):

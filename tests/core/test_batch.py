@@ -76,6 +76,23 @@ def test_folders_are_expanded_and_the_output_folder_left_out(tmp_path):
     ]
 
 
+def test_ome_zarr_folders_are_images(tmp_path):
+    data = tmp_path / "data"
+    touch(data / "b.ome.zarr" / "zarr.json")
+    touch(data / "a.zarr" / ".zgroup")
+    touch(data / "c.tif")
+    (data / "empty").mkdir()  # neither images nor zarr: not listed
+    inputs, _ = expand_inputs([data, data / "b.ome.zarr"], tmp_path / "out")
+    assert [p.name for p in inputs] == ["a.zarr", "b.ome.zarr", "c.tif"]
+    single, _ = expand_inputs([data / "b.ome.zarr"], tmp_path / "out")  # one image, not a folder
+    assert single == [data / "b.ome.zarr"]
+    assert [i.labels for i in plan_outputs(inputs, table=False)] == [
+        "a_labels.tif",
+        "b_labels.tif",
+        "c_labels.tif",
+    ]
+
+
 def test_input_identity_follows_size_and_time(tmp_path):
     path = touch(tmp_path / "a.tif", b"1234")
     first = input_identity(path)

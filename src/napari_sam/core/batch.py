@@ -4,8 +4,9 @@ the summary of a run. Plain Python (no torch, no dask); the command line drives 
 
 Outputs of an image ``NAME.EXT`` in the output folder: ``NAME_labels.tif`` (medical volumes
 keep their format: ``NAME_labels.nii.gz``, ``.nrrd``, ``.mha``; a DICOM series gives
-``.nii.gz``) and, for automatic segmentation, ``NAME_objects.csv``. The folder also holds
-:data:`MANIFEST` (what each output was made from) and :data:`SUMMARY` (the last run's rows).
+``.nii.gz``; an OME-Zarr folder ``NAME.ome.zarr`` gives ``NAME_labels.tif``) and, for
+automatic segmentation, ``NAME_objects.csv``. The folder also holds :data:`MANIFEST` (what
+each output was made from) and :data:`SUMMARY` (the last run's rows).
 
 An output is **up to date** when its manifest entry is complete and its signature (the input's
 path, size and modification time, the model's identity, the options, the prompts and the
@@ -29,6 +30,7 @@ from typing import Any
 
 from .errors import NapariSamError
 from .io import file_suffix
+from .lazy_images import is_zarr_folder
 from .locations import atomic_write
 from .volume_io import DICOM_SUFFIXES, ITK_SUFFIXES, ITK_WRITE_SUFFIXES, READABLE_SUFFIXES
 
@@ -56,20 +58,22 @@ _FORMAT = 1
 
 
 def _image_files(folder: Path) -> list[Path]:
-    """The image files directly in ``folder`` (not DICOM: a folder of DICOM is one series)."""
+    """The image files directly in ``folder`` (not DICOM: a folder of DICOM is one series),
+    and the OME-Zarr images (``*.zarr`` folders) in it."""
     wanted = tuple(s for s in READABLE_SUFFIXES if s not in DICOM_SUFFIXES)
     return sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and file_suffix(p) in wanted
+        if not p.name.startswith(".")
+        and ((p.is_file() and file_suffix(p) in wanted) or (p.is_dir() and is_zarr_folder(p)))
     )
 
 
 def is_image_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder holding image files (a folder without any is a DICOM
-    series, read as one volume)."""
+    """Whether ``path`` is a folder holding images (a folder without any is a DICOM series,
+    read as one volume; an OME-Zarr folder is one image)."""
     try:
-        return path.is_dir() and bool(_image_files(path))
+        return path.is_dir() and not is_zarr_folder(path) and bool(_image_files(path))
     except OSError:
         return False
 
@@ -112,6 +116,8 @@ def expand_inputs(paths: Iterable[Path], output: Path) -> tuple[list[Path], list
 
 
 def _stem(path: Path) -> str:
+    if path.name.lower().endswith(".ome.zarr"):
+        return path.name[: -len(".ome.zarr")]
     suffix = file_suffix(path)
     name = path.name
     return name[: len(name) - len(suffix)] if suffix and name.lower().endswith(suffix) else name
@@ -124,6 +130,8 @@ def _labels_suffix(path: Path) -> str:
         return suffix
     if suffix in ITK_SUFFIXES:  # header + data files: their one-file forms
         return {".nhdr": ".nrrd", ".mhd": ".mha"}.get(suffix, ".nii.gz")
+    if is_zarr_folder(path):
+        return ".tif"
     if path.is_dir() or suffix in DICOM_SUFFIXES:
         return ".nii.gz"
     return ".tif"
@@ -172,7 +180,7 @@ def plan_outputs(inputs: Sequence[Path], *, table: bool) -> list[BatchItem]:
 
 def input_identity(path: Path) -> dict[str, Any]:
     """What identifies the version of an input: its size and modification time (ns); for a
-    folder (a DICOM series), those of every file in it."""
+    folder (a DICOM series, an OME-Zarr image), those of every file in it."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
         return {
