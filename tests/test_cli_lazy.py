@@ -207,3 +207,20 @@ def test_a_folder_of_ome_zarr_images_runs_in_batch(capsys, tmp_path, files):
     np.testing.assert_array_equal(
         tifffile.imread(out / "a_labels.tif"), tifffile.imread(tmp_path / "a.tif")
     )
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_channel_axis_first(capsys, tmp_path, files, monkeypatch, large):
+    """``--channel-axis 0``: rows and columns are the other axes (a small TIFF read whole, or
+    a large compressed OME-TIFF read tile by tile), as for the same pixels channels last."""
+    if large:
+        monkeypatch.setattr(lazy_arrays, "MAP_BYTES", 64 * 1024)
+    three = np.stack([files[1], files[1][::-1], files[1][:, ::-1]])  # (3, H, W) uint8
+    path = tmp_path / "three.ome.tif"
+    tifffile.imwrite(path, three, tile=(64, 64), compression="zlib", metadata={"axes": "CYX"})
+    np.save(tmp_path / "three.npy", np.moveaxis(three, 0, -1))
+    args = ("segment", *BOX, *TILING)
+    lazy = labels_of(capsys, files, path, tmp_path / "a.tif", *args, "--channel-axis", "0")
+    eager = labels_of(capsys, files, tmp_path / "three.npy", tmp_path / "b.tif", *args)
+    assert lazy.any()
+    np.testing.assert_array_equal(lazy, eager)

@@ -79,7 +79,10 @@ def _read(args: argparse.Namespace, path: Path) -> _Input:
         # --channel-axis counts the axes of the array as stored: one 2D plane, as always.
         data = read_image(path)
         norm = volume_normalization(data, base, window=args.window) if args.window else base
-        return _Input(path, data[np.newaxis], norm, rgb, None, is_volume=False)
+        # Rows and columns are the other two axes, also when the channels come first.
+        one = data.ndim == 3 and -3 <= args.channel_axis < 3
+        planes = _OnePlane(data, args.channel_axis) if one else data[np.newaxis]
+        return _Input(path, planes, norm, rgb, None, is_volume=False)
     volume = read_volume(path)
     if volume.has_channels and not volume.rgb:
         base = replace(base, channel_axis=-1)  # the reader puts channels last
