@@ -115,7 +115,7 @@ def test_too_large_a_volume_is_refused_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(ImageError) as info:
         read_volume(path)
     message = str(info.value)
-    assert "\n" not in message and "too large to read into memory" in message
+    assert "\n" not in message and "more than half of this machine's memory" in message
 
 
 def test_bioformats2raw_layout_gives_its_first_image(tmp_path):

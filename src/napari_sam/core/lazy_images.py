@@ -70,8 +70,8 @@ class LazyImage:
     source : pathlib.Path
         The folder or file opened.
     kind : str
-        What was opened, for messages: ``"OME-Zarr 0.4 (level 0 of 3)"``, ``"TIFF (zlib,
-        tiled 256 x 256)"``.
+        What was opened, for messages: ``"OME-Zarr 0.4 (level 0 of 3)"``,
+        ``"TIFF (adobe_deflate, tiled 256 x 256, 4 levels)"``.
     """
 
     data: Any
@@ -115,9 +115,9 @@ class LazyImage:
         """
         if not volume_fits(self.nbytes):
             raise ImageError(
-                f"Cannot read {self.source}: it ({self.geometry.describe()}, "
-                f"{self.nbytes / 2**30:.1f} GiB) is too large to read into memory here; "
-                "napari-sam reads volumes whole (2D images are read tile by tile)."
+                f"Cannot read {self.source}: {self.geometry.describe()} "
+                f"({self.nbytes / 2**30:.1f} GiB) is more than half of this machine's memory; "
+                "napari-sam reads volumes whole (only 2D images are read tile by tile)."
             )
         whole = np.asarray(self.data[...])
         if self.channel_axis is not None:
