@@ -237,9 +237,12 @@ def _dask_client(args: argparse.Namespace, n_jobs: int) -> Iterator[Any]:
                 f"{short_reason(exc)}"
             ) from None
         with client:
+            _note_slow_workers(client)
             yield client
         return
     import logging
+
+    import dask
 
     from .core.device import ENV_THREADS
 
@@ -248,6 +251,11 @@ def _dask_client(args: argparse.Namespace, n_jobs: int) -> Iterator[Any]:
     threads = os.environ.get(ENV_THREADS, "").strip() or str(max(1, _cores() // n))
     env = {ENV_THREADS: threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     with (
+        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in every worker process it spawns, which
+        # turns off glibc's adaptive mmap threshold: each of torch's large temporary buffers
+        # is then mapped and unmapped again, and the encoder ran 1.6x slower (measured; see
+        # docs/batch.md). The workers we start run without it.
+        _without_malloc_trim(dask),
         LocalCluster(
             n_workers=n,
             threads_per_worker=1,
@@ -260,7 +268,47 @@ def _dask_client(args: argparse.Namespace, n_jobs: int) -> Iterator[Any]:
         ) as cluster,
         Client(cluster) as client,
     ):
+        _note_slow_workers(client)
         yield client
+
+
+#: glibc's variable that Dask's nanny sets in its worker processes (see :func:`_dask_client`).
+_MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
+
+
+@contextmanager
+def _without_malloc_trim(dask: Any) -> Iterator[None]:
+    """Start worker processes without ``MALLOC_TRIM_THRESHOLD_``: unset in dask's config for
+    them, and in this process's environment while they start (a nanny started earlier in
+    this process left it there: it sets it here before spawning)."""
+    saved = os.environ.pop(_MALLOC_TRIM, None)
+    try:
+        with dask.config.set({f"distributed.nanny.pre-spawn-environ.{_MALLOC_TRIM}": None}):
+            yield
+    finally:
+        if saved is not None:
+            os.environ[_MALLOC_TRIM] = saved
+
+
+def _malloc_trim_setting() -> str | None:
+    return os.environ.get(_MALLOC_TRIM)
+
+
+def _note_slow_workers(client: Any) -> None:
+    """Say once when workers run with ``MALLOC_TRIM_THRESHOLD_`` set (slow torch)."""
+    try:
+        settings = client.run(_malloc_trim_setting)
+    except Exception:  # a worker that cannot answer is reported by the tasks themselves
+        return
+    slow = sorted({v for v in settings.values() if v is not None})
+    if slow:
+        n = sum(v is not None for v in settings.values())
+        print(
+            f"note: {n} of {len(settings)} Dask workers run with {_MALLOC_TRIM}="
+            f"{', '.join(slow)} (Dask's default for the workers its nannies start), which "
+            "makes torch about 1.6x slower; start them without it (docs/batch.md)",
+            file=sys.stderr,
+        )
 
 
 def _run_dask(

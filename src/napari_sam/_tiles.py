@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._layers import Plane
     from ._session import PromptObject
     from .core.engine import SamEngine
+    from .core.normalize import Normalization
+    from .core.prepared_plane import PreparedPlane
     from .core.tiled_embedding import TiledEmbedding
     from .core.tiling import TileGrid, TilingChoice
 
@@ -71,9 +74,26 @@ def is_tiled(embedding: Any) -> bool:
     return isinstance(embedding, TiledEmbedding)
 
 
+def lazy_plane(data: Any, plane: Plane, norm: Normalization, *, rgb: bool) -> PreparedPlane | None:
+    """The plane of lazy ``data`` as a prepared plane read tile by tile; None for data in memory.
+
+    Data on disk or computed (dask, zarr, the level 0 of a multiscale image, a memory-mapped
+    TIFF) is not read whole when the plane is tiled: the blocks of the tiles that prompts or
+    automatic segmentation need are read and converted when they are embedded, and only a
+    sample of patches is read before that (percentiles, the plane's identity). NumPy data in
+    memory is converted whole, as before (exact percentiles, the store keys of earlier runs).
+    """
+    from .core.lazy_arrays import PlaneView, is_on_disk
+    from .core.prepared_plane import PreparedPlane
+
+    if not is_on_disk(data):
+        return None
+    return PreparedPlane(PlaneView(data, plane.index, plane.axes), norm, rgb=rgb)
+
+
 def open_plane_tiles(
     engine: SamEngine,
-    rgb: np.ndarray,
+    rgb: np.ndarray | PreparedPlane,
     grid: TileGrid,
     normalization: str,
     *,
@@ -87,8 +107,8 @@ def open_plane_tiles(
     Parameters
     ----------
     engine : SamEngine
-    rgb : ndarray
-        The plane as SAM's uint8 RGB.
+    rgb : ndarray or PreparedPlane
+        The plane as SAM's uint8 RGB, or a lazy plane (:func:`lazy_plane`).
     grid : TileGrid
     normalization : str
         How the plane was made into ``rgb`` (part of the store's signature).

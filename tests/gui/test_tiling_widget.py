@@ -16,6 +16,8 @@ import pytest
 from gui_helpers import GeometricEngine, box_mask, layer_named, wait_idle
 
 from napari_sam.core.errors import Cancelled, NapariSamError
+from napari_sam.core.lazy_arrays import PlaneView
+from napari_sam.core.prepared_plane import PreparedPlane
 from napari_sam.core.synthetic import make_cells
 from napari_sam.core.tiled_automatic import segment_tiled
 from napari_sam.core.tiled_embedding import open_tiled
@@ -162,6 +164,70 @@ def test_click_with_tiling_equals_core_and_commits_once(make_widget, qtbot, tiny
     assert not labels.data.any()
 
 
+def _dask(image):
+    import dask.array as da
+
+    return da.from_array(image, chunks=(128, 128))
+
+
+def _zarr_pyramid(image):
+    import zarr
+
+    levels = []
+    for k in (1, 2, 4):
+        level = image[::k, ::k]
+        z = zarr.create_array(
+            store=zarr.storage.MemoryStore(),
+            shape=level.shape,
+            chunks=(128, 128),
+            dtype=level.dtype,
+        )
+        z[:] = level
+        levels.append(z)
+    return levels
+
+
+@pytest.mark.parametrize("make_lazy", [_dask, _zarr_pyramid], ids=["dask", "multiscale-zarr"])
+def test_a_lazy_image_is_read_only_where_tiles_are_needed(
+    make_widget, qtbot, tiny_engine, monkeypatch, make_lazy
+):
+    syn = nuclei()
+    reads = []
+    original = PlaneView.__getitem__
+
+    def recording(self, key):
+        out = original(self, key)
+        reads.append(out.shape[:2])
+        return out
+
+    monkeypatch.setattr(PlaneView, "__getitem__", recording)
+    data = make_lazy(syn.image)
+    multiscale = isinstance(data, list)
+    viewer, widget, layer = open_tiled_image(
+        make_widget, qtbot, tiny_engine, data, multiscale=multiscale
+    )
+    assert layer.multiscale == multiscale
+    # Opening the plane read a few small patches (its identity), not the plane.
+    assert reads and max(h * w for h, w in reads) <= 64 * 64
+    assert isinstance(widget.plane_embedder.embedded.rgb, PreparedPlane)
+
+    ids = np.unique(syn.labels[250:350, 440:520])
+    rr, cc = np.nonzero(syn.labels == ids[ids > 0][0])
+    click = [float(np.median(rr)), float(np.median(cc))]
+    reads.clear()
+    layer_named(viewer, "SAM points").add(click)
+    wait_idle(qtbot, widget)
+    # The click needed one tile: its 384 x 384 block is all that was read.
+    assert reads == [GRID.block_shape], reads
+    rgb = widget.normalization_settings(layer).apply(syn.image)
+    expected = predict_tiled(tiny_engine, open_tiled(tiny_engine, rgb, GRID), points=[click])
+    assert np.array_equal(layer_named(viewer, "SAM preview").data > 0, expected.mask(0))
+    widget.commit()
+    wait_idle(qtbot, widget)
+    labels = layer_named(viewer, "SAM labels")
+    assert np.array_equal(labels.data == 1, expected.mask(0))
+
+
 def test_box_across_tiles_gives_one_object(make_widget, qtbot, small_model):
     engine = GeometricEngine(small_model)
     viewer, widget, _ = open_tiled_image(make_widget, qtbot, engine, nuclei().image)
@@ -229,10 +295,12 @@ def test_cancel_during_tile_embedding_leaves_labels_untouched(make_widget, qtbot
 # ------------------------------------------------------------------------------------------
 
 
-def test_auto_segment_tiled_equals_core(make_widget, qtbot, tiny_engine):
+@pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "dask"])
+def test_auto_segment_tiled_equals_core(make_widget, qtbot, tiny_engine, lazy):
     shape, tile, halo = (240, 480), (240, 240), (16, 16)  # 2 tiles, blocks of 240 x 272
     syn = nuclei(shape, seed=5)
-    viewer, widget, _ = open_tiled_image(make_widget, qtbot, tiny_engine, syn.image, tile, halo)
+    data = _dask(syn.image) if lazy else syn.image
+    viewer, widget, layer = open_tiled_image(make_widget, qtbot, tiny_engine, data, tile, halo)
     widget.points_per_side.value = 6
     widget.pred_iou_thresh.value = 0.0
     widget.stability_score_thresh.value = 0.0
@@ -240,7 +308,9 @@ def test_auto_segment_tiled_equals_core(make_widget, qtbot, tiny_engine):
     wait_idle(qtbot, widget, timeout=180_000)
     auto = layer_named(viewer, "img SAM auto")
     grid = TileGrid(shape, tile, halo)
-    rgb = widget.plane_embedder.embedded.rgb
+    rgb = widget.normalization_settings(layer).apply(syn.image)
+    if not lazy:
+        assert np.array_equal(widget.plane_embedder.embedded.rgb, rgb)
     params = widget.auto_params()
     expected = segment_tiled(tiny_engine, open_tiled(tiny_engine, rgb, grid), params)
     assert expected.n_objects > 3

@@ -11,7 +11,7 @@ from napari.layers import Labels
 
 from .._layers import Plane, geometry_like, level0, spatial_shape
 from .._tasks import Task
-from .._tiles import open_plane_tiles
+from .._tiles import lazy_plane, open_plane_tiles
 from ..core.automatic import AutoParams, segment_automatically
 from ..core.errors import NapariSamError
 from ..core.lazy_arrays import empty_labels
@@ -166,14 +166,15 @@ class AutoPanel(Container):
             task.may_yield = lambda: not engine.in_forward()
             if tiles is not None:  # the plane's tiles, with those embedded already
                 return _segment_tiles(task, engine, tiles, params, tiling.on_tile)
-            rgb = norm.apply(plane.take(data), rgb=rgb_layer)
+            lazy = lazy_plane(data, plane, norm, rgb=rgb_layer) if grid is not None else None
+            rgb = lazy if lazy is not None else norm.apply(plane.take(data), rgb=rgb_layer)
             task.check("normalising")
             if grid is not None:
                 opened = open_plane_tiles(
                     engine,
                     rgb,
                     grid,
-                    norm.describe(data.dtype),
+                    lazy.norm.describe() if lazy is not None else norm.describe(data.dtype),
                     folder=folder,
                     store=settings.store,
                 )

@@ -16,7 +16,7 @@ import numpy as np
 from .._layers import Plane, image_plane, level0, neighbour_planes, spatial_shape
 from .._session import Generation, key_text
 from .._tasks import Task
-from .._tiles import is_tiled, open_plane_tiles
+from .._tiles import is_tiled, lazy_plane, open_plane_tiles
 from ..core.errors import Cancelled, NapariSamError
 from ..core.normalize import Normalization
 from .messages import report
@@ -38,7 +38,8 @@ class Embedded:
     plane: Plane
     engine: Any
     embedding: Any
-    rgb: np.ndarray
+    #: SAM's input: a uint8 (H, W, 3) array, or a lazy tiled plane's PreparedPlane.
+    rgb: Any
     cached: bool
     #: Why SAM's input is one flat colour (see :func:`blank_input_note`), or None.
     note: str | None = None
@@ -160,8 +161,13 @@ class PlaneEmbedder:
         grid = tiling.grid(plane.shape)
         folder = host.cache_panel.folder()  # read here: widgets belong to the GUI thread
 
-        def job(task: Task) -> tuple[Any, np.ndarray, bool, str | None]:
+        def job(task: Task) -> tuple[Any, Any, bool, str | None]:
             task.check("reading the plane")
+            lazy = lazy_plane(data, plane, norm, rgb=rgb_layer) if grid is not None else None
+            if lazy is not None:  # a large plane on disk: only its tiles' blocks are read
+                how, store = lazy.norm.describe(), tiling.store
+                tiles = open_plane_tiles(engine, lazy, grid, how, folder=folder, store=store)
+                return tiles, lazy, False, None
             values = plane.take(data)
             rgb = norm.apply(values, rgb=rgb_layer)
             note = blank_input_note(values, rgb)

@@ -4,10 +4,10 @@
 No model runs: this measures the input side only (open, fix the normalisation, identify the
 plane, cut one 1024 x 1024 block), each case in a fresh process so that peak RSS is its own.
 
-    OMP_NUM_THREADS=1 python scripts/measure_lazy_inputs.py [--size 16384] [--folder DIR]
+    OMP_NUM_THREADS=1 python benchmarks/bench_lazy_inputs.py [--size 16384] [--folder DIR]
 
 The test files (a deflate TIFF in 512 px tiles and an OME-Zarr 0.4 of the same uint16 pixels,
-about 140 MB each) are written once into DIR (default: a temporary folder).
+about 350 MB each at 16384 px) are written once into DIR (default: a temporary folder).
 """
 
 from __future__ import annotations
