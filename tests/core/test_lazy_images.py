@@ -146,10 +146,15 @@ def _wrong_axes(path):
     g.attrs["multiscales"] = ms
 
 
+def _plate(path):
+    zarr.open_group(str(path), mode="w", zarr_format=2).attrs["plate"] = {"wells": []}
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
         (lambda p: p.mkdir(), "not a zarr group"),
+        (_plate, "it is an HCS plate; give the folder of one image in it (e.g. A/1/0)."),
         (_no_multiscales, "no OME-NGFF 'multiscales' metadata"),
         (_missing_level, "the level 0 array 's0' is missing"),
         (_wrong_axes, "'axes' metadata does not fit the level 0 array (2 axes)"),

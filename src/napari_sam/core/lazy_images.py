@@ -273,6 +273,11 @@ def open_ome_zarr(path: str | os.PathLike[str]) -> LazyImage:
         group = group["0"]  # bioformats2raw: the images are groups 0, 1, ...
         meta = _ome_metadata(group)
     multiscales = meta.get("multiscales")
+    for kind, example in (("plate", "A/1/0"), ("well", "0")):
+        if not multiscales and kind in meta:
+            raise fail(
+                f"it is an HCS {kind}; give the folder of one image in it (e.g. {example})."
+            )
     if (
         not isinstance(multiscales, list)
         or not multiscales
