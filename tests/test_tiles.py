@@ -79,3 +79,22 @@ def test_needed_tiles_follow_the_prompts():
         image_shape=grid.image_shape,
     )
     assert needed_tiles(grid, box) == [1, 2, 3, 6, 7, 8, 11, 12, 13]
+
+
+def test_tiles_in_a_store_are_kept_in_memory_only_up_to_a_limit(
+    tiny_engine, tmp_path, monkeypatch
+):
+    from napari_sam import _tiles
+
+    monkeypatch.setattr(_tiles, "MAX_TILES_IN_MEMORY", 2)
+    rgb = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    grid = TileGrid((300, 400), (150, 200), (30, 30))
+    tiled = _tiles.open_plane_tiles(tiny_engine, rgb, grid, "none", folder=tmp_path)
+    tiled.ensure(tiny_engine)
+    assert len(tiled._tiles) == 2 and tiled.embedded == [0, 1, 2, 3]
+    first = tiled.tile(0)  # read back from the store
+    assert first is not None and first.features.shape[0] == 1
+    # Memory only (no folder): nothing may be dropped, it could not be read back.
+    kept = _tiles.open_plane_tiles(tiny_engine, rgb, grid, "none", folder=None)
+    kept.ensure(tiny_engine)
+    assert len(kept._tiles) == 4

@@ -24,6 +24,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.tiled_embedding import TiledEmbedding
     from .core.tiling import TileGrid, TilingChoice
 
+#: Tiles whose features the widget keeps in memory when they are also in a store (64 ViT
+#: tiles are 256 MiB); without a store (memory only) every tile is kept, or it would be lost.
+MAX_TILES_IN_MEMORY = 64
+
 #: States of a tile in the display, and their colours (edge, face) as RGBA.
 EMBEDDED, PENDING, MISSING = "embedded", "pending", "not embedded"
 TILE_COLOURS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -134,7 +138,16 @@ def open_plane_tiles(
         store = store_path(folder, engine.model_id, plane_key(rgb), grid)  # type: ignore[arg-type]
         store.parent.mkdir(parents=True, exist_ok=True)
     tile_store = TileStore.open(store, signature, on_mismatch=mismatch)
-    return open_tiled(engine, rgb, grid, store=tile_store, on_mismatch=mismatch)
+    # The store holds every tile: memory keeps the most recently used ones only, so that
+    # auto segment of a large slide does not hold all of its tiles' features.
+    return open_tiled(
+        engine,
+        rgb,
+        grid,
+        store=tile_store,
+        on_mismatch=mismatch,
+        max_in_memory=MAX_TILES_IN_MEMORY,
+    )
 
 
 def needed_tiles(grid: TileGrid, objects: Iterable[PromptObject]) -> list[int]:
