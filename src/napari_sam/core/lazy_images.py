@@ -15,6 +15,9 @@
   (level 0). Smaller files, and large ones stored plainly (which
   :func:`~napari_sam.core.lazy_arrays.tiff_pixels` maps), are not lazy images.
 
+The other levels of a pyramid (OME-Zarr datasets, TIFF sub-resolutions) are opened too,
+unread (:attr:`LazyImage.levels`): napari-sam's napari reader shows them as a multiscale image.
+
 A :class:`LazyImage` of a 2D image (``yx``, with a channel axis or size-1 ``t``/``z`` axes)
 gives :attr:`LazyImage.plane`, an array-like that reads only what it is sliced with: tiled
 commands read one tile's region at a time. A volume (``z`` or ``t`` over 1) is read whole by
