@@ -6,54 +6,12 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from ome_zarr_files import pixels, write_ome_zarr
 
 from napari_sam.core import lazy_arrays, lazy_images
 from napari_sam.core.errors import ImageError
 from napari_sam.core.lazy_images import SqueezedView, open_lazy_image, open_ome_zarr
 from napari_sam.core.volume_io import read_volume
-
-
-def pixels(shape, dtype=np.uint8, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, np.iinfo(dtype).max, size=shape, dtype=dtype)
-
-
-def write_ome_zarr(path, image, axes, scale, *, version="0.4", levels=1, ms_scale=None):
-    """An OME-Zarr image of ``image`` (level 0) and ``levels - 1`` halvings in y and x."""
-    g = zarr.open_group(str(path), mode="w", zarr_format=2 if version == "0.4" else 3)
-    datasets = []
-    for level in range(levels):
-        factor = 2**level
-        data = image[(..., slice(None, None, factor), slice(None, None, factor))]
-        chunks = tuple(32 if n in "yx" else 1 for n in axes)
-        g.create_array(str(level), data=data, chunks=chunks)
-        s = [v * factor if n in "yx" else v for v, n in zip(scale, axes, strict=True)]
-        datasets.append({"path": str(level), "coordinateTransformations": [_scale(s)]})
-    types = {"t": "time", "c": "channel"}
-    ms = {
-        "version": version,
-        "axes": [
-            {
-                "name": n,
-                "type": types.get(n, "space"),
-                **({"unit": "micrometer"} if n in "zyx" else {}),
-            }
-            for n in axes
-        ],
-        "datasets": datasets,
-    }
-    if ms_scale is not None:
-        ms["coordinateTransformations"] = [_scale(ms_scale)]
-    if version == "0.4":
-        g.attrs["multiscales"] = [ms]
-    else:
-        del ms["version"]
-        g.attrs["ome"] = {"version": version, "multiscales": [ms]}
-    return path
-
-
-def _scale(values):
-    return {"type": "scale", "scale": [float(v) for v in values]}
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
@@ -254,3 +212,45 @@ def test_squeezed_view_indexing():
         view[[0, 1]]
     with pytest.raises(IndexError):
         view[0, 0, 0, 0]
+
+
+def test_levels_are_views_like_level_0(tmp_path):
+    image = pixels((1, 2, 64, 80))
+    path = write_ome_zarr(tmp_path / "p.zarr", image, "tcyx", (1, 1, 1, 1), levels=3)
+    lazy = open_lazy_image(path)
+    assert lazy.levels[0] is lazy.data and len(lazy.levels) == 3
+    assert [v.shape for v in lazy.levels] == [(2, 64, 80), (2, 32, 40), (2, 16, 20)]
+    np.testing.assert_array_equal(np.asarray(lazy.levels[2]), image[0, :, ::4, ::4])
+
+
+def test_a_lower_level_that_does_not_fit_is_one_line(tmp_path):
+    path = write_ome_zarr(tmp_path / "p.zarr", pixels((2, 16, 16)), "cyx", (1, 1, 1), levels=2)
+    zarr.open_group(str(path), mode="r+").create_array("1", data=pixels((3, 8, 8)), overwrite=True)
+    with pytest.raises(ImageError, match=r"level 1 \('1'\) does not fit level 0 \(shape \(3, 8"):
+        open_lazy_image(path)
+
+
+def test_looks_like_ome_zarr(tmp_path):
+    assert lazy_images.looks_like_ome_zarr(
+        write_ome_zarr(tmp_path / "a", pixels((4, 4)), "yx", (1, 1))
+    )
+    v5 = write_ome_zarr(tmp_path / "b", pixels((4, 4)), "yx", (1, 1), version="0.5")
+    assert lazy_images.looks_like_ome_zarr(v5)
+    (tmp_path / "c.ome.zarr").mkdir()  # its name says so (reading it will say what is wrong)
+    assert lazy_images.looks_like_ome_zarr(tmp_path / "c.ome.zarr")
+    zarr.open_group(str(tmp_path / "d.zarr"), mode="w").create_array("0", data=pixels((4, 4)))
+    assert not lazy_images.looks_like_ome_zarr(tmp_path / "d.zarr")
+    assert not lazy_images.looks_like_ome_zarr(tmp_path / "d.zarr" / "zarr.json")
+
+
+def test_squeezed_view_take_keeps_one_channel():
+    data = pixels((1, 3, 1, 10, 12))
+    view = SqueezedView(data, {0: 0, 2: 0}, channel_axis=0)
+    one = view.take(0, 2)
+    assert one.shape == (10, 12) and one.size == 120 and one.channel_axis is None
+    np.testing.assert_array_equal(one[1:4, -2:], data[0, 2, 0, 1:4, -2:])
+    row = SqueezedView(data[0, 0], None, channel_axis=2).take(1, -1)  # the last row
+    assert row.shape == (1, 12) and row.channel_axis == 1
+    np.testing.assert_array_equal(row[...], data[0, 0, :, 9])
+    with pytest.raises(IndexError):
+        view.take(0, 3)

@@ -15,6 +15,9 @@
   (level 0). Smaller files, and large ones stored plainly (which
   :func:`~napari_sam.core.lazy_arrays.tiff_pixels` maps), are not lazy images.
 
+The other levels of a pyramid (OME-Zarr datasets, TIFF sub-resolutions) are opened too,
+unread (:attr:`LazyImage.levels`): napari-sam's napari reader shows them as a multiscale image.
+
 A :class:`LazyImage` of a 2D image (``yx``, with a channel axis or size-1 ``t``/``z`` axes)
 gives :attr:`LazyImage.plane`, an array-like that reads only what it is sliced with: tiled
 commands read one tile's region at a time. A volume (``z`` or ``t`` over 1) is read whole by
@@ -26,6 +29,7 @@ zarr and tifffile are imported when a file is opened.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +46,7 @@ __all__ = [
     "LazyImage",
     "SqueezedView",
     "is_zarr_folder",
+    "looks_like_ome_zarr",
     "open_lazy_image",
     "open_ome_zarr",
     "volume_fits",
@@ -72,6 +77,10 @@ class LazyImage:
     kind : str
         What was opened, for messages: ``"OME-Zarr 0.4 (level 0 of 3)"``,
         ``"TIFF (adobe_deflate, tiled 256 x 256, 4 levels)"``.
+    levels : tuple of array-like
+        Every level of the pyramid, full resolution first (``levels[0]`` is :attr:`data`),
+        unread and with the axes of :attr:`data`: what napari shows as a multiscale image.
+        Empty when only :attr:`data` is known.
     """
 
     data: Any
@@ -80,6 +89,7 @@ class LazyImage:
     rgb: bool
     source: Path
     kind: str
+    levels: tuple[Any, ...] = ()
     _keep: Any = field(default=None, repr=False)  # what the data reads from (an open TIFF)
 
     @property
@@ -170,8 +180,24 @@ class SqueezedView:
     def ndim(self) -> int:
         return len(self.shape)
 
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
     def __len__(self) -> int:
         return self.shape[0]
+
+    def take(self, axis: int, index: int) -> SqueezedView:
+        """This view with its axis ``axis`` kept at ``index`` (one channel), reading nothing."""
+        axis = axis % self.ndim
+        if not -self.shape[axis] <= index < self.shape[axis]:
+            raise IndexError(f"index {index} is out of range for axis {axis} of {self.shape}")
+        fixed = {**self.fixed, self._free[axis]: index % self.shape[axis]}
+        channel = self.channel_axis
+        if channel is not None:
+            channel = channel % self.ndim
+            channel = None if channel == axis else channel - (channel > axis)
+        return SqueezedView(self.array, fixed, channel)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = _expand_key(key, self.ndim)
@@ -212,6 +238,32 @@ def is_zarr_folder(path: str | os.PathLike[str]) -> bool:
     if not path.is_dir():
         return False
     return path.name.lower().endswith(".zarr") or any((path / m).is_file() for m in _ZARR_MARKERS)
+
+
+def looks_like_ome_zarr(path: str | os.PathLike[str]) -> bool:
+    """Whether folder ``path`` says it is an OME-Zarr: by its name (``*.ome.zarr``) or by the
+    OME-NGFF keys (``multiscales``, ``bioformats2raw.layout``, ``plate``, ``well``) of its
+    root metadata. Only that metadata file is read; other zarr folders (plain arrays) and
+    DICOM folders are not OME-Zarr."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if path.name.lower().endswith(".ome.zarr"):
+        return True
+    for name in ("zarr.json", ".zattrs"):  # zarr v3 (OME-NGFF 0.5), zarr v2 (0.4 and older)
+        try:
+            meta = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        attrs = meta.get("attributes", {}) if name == "zarr.json" else meta
+        if isinstance(attrs, dict) and isinstance(attrs.get("ome"), dict):
+            attrs = attrs["ome"]
+        if isinstance(attrs, dict) and any(key in attrs for key in _OME_KEYS):
+            return True
+    return False
+
+
+_OME_KEYS = ("multiscales", "bioformats2raw.layout", "plate", "well")
 
 
 def open_lazy_image(path: str | os.PathLike[str]) -> LazyImage | None:
@@ -299,7 +351,31 @@ def open_ome_zarr(path: str | os.PathLike[str]) -> LazyImage:
     scale, offset = _transforms(datasets[0], ms, array.ndim, fail)
     version = meta.get("version") or ms.get("version") or "?"
     kind = f"OME-Zarr {version} (level 0 of {len(datasets)})"
-    return _layout(path, array, names, kinds, (scale, offset, units), kind, fail)
+    levels = _lower_levels(group, datasets, array, kinds, fail)
+    return _layout(path, levels, names, kinds, (scale, offset, units), kind, fail)
+
+
+def _lower_levels(group: Any, datasets: list, level0: Any, kinds: list[str], fail: Any) -> list:
+    """Level 0 and the arrays of the other datasets, checked to fit it (unread): the same
+    axes, no axis longer than level 0's, the same channels."""
+    import zarr
+
+    arrays = [level0]
+    for i, dataset in enumerate(datasets[1:], start=1):
+        where = str(dataset.get("path")) if isinstance(dataset, dict) else "?"
+        try:
+            array = group[where]
+        except Exception as exc:  # KeyError, or zarr's errors for damaged metadata
+            raise fail(f"level {i} ({where!r}) is missing or unreadable.") from exc
+        if not isinstance(array, zarr.Array) or array.ndim != level0.ndim:
+            raise fail(f"level {i} ({where!r}) is not an array with the axes of level 0.")
+        for a, kind in enumerate(kinds):
+            n, n0 = int(array.shape[a]), int(level0.shape[a])
+            if not 1 <= n <= n0 or (kind == "channel" and n != n0):
+                shapes = f"shape {tuple(array.shape)}, level 0 {tuple(level0.shape)}"
+                raise fail(f"level {i} ({where!r}) does not fit level 0 ({shapes}).")
+        arrays.append(array)
+    return arrays
 
 
 def _ome_metadata(group: Any) -> dict:
@@ -357,16 +433,16 @@ def _transforms(dataset: dict, ms: dict, ndim: int, fail: Any) -> tuple[np.ndarr
 
 def _layout(
     path: Path,
-    array: Any,
+    levels: list,
     names: list[str],
     kinds: list[str],
     space: tuple[np.ndarray, np.ndarray, list[str]],
     kind: str,
     fail: Any,
 ) -> LazyImage:
-    """The :class:`LazyImage` of ``array`` with axes ``names`` (``t``, ``c``, ``z``, ``y``,
-    ``x``; other size-1 axes are dropped)."""
-    shape = tuple(int(s) for s in array.shape)
+    """The :class:`LazyImage` of the arrays ``levels`` (level 0 first) with axes ``names``
+    (``t``, ``c``, ``z``, ``y``, ``x``; other size-1 axes are dropped)."""
+    shape = tuple(int(s) for s in levels[0].shape)
     if names[-2:] != ["y", "x"]:
         raise fail(f"its last two axes are {names[-2:]}, expected y and x.")
     channels = [i for i, k in enumerate(kinds) if k == "channel"]
@@ -397,8 +473,8 @@ def _layout(
         base.direction,
         tuple(units[i] for i in geo_axes),
     )
-    data = SqueezedView(array, fixed, channel)
-    return LazyImage(data, geometry, channel, False, path, kind)
+    views = tuple(SqueezedView(a, fixed, channel) for a in levels)
+    return LazyImage(views[0], geometry, channel, False, path, kind, views)
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,7 +505,8 @@ def _open_large_tiff(path: Path) -> LazyImage | None:
             return None
         axes, shape = series.axes.upper(), tuple(int(s) for s in series.shape)
         _, letters, channel = map_tiff_axes(path, axes, shape)
-        array = zarr.open(series.aszarr(level=0), mode="r")
+        levels = _tiff_levels(series, zarr)
+        array = levels[0]
         spacing = tiff_spacing(tif)
         page = series.pages[0] if series.pages else tif.pages[0]
         what = _tiff_kind(page, len(series.levels))
@@ -458,7 +535,23 @@ def _open_large_tiff(path: Path) -> LazyImage | None:
         ((1.0, 0.0), (0.0, 1.0)),
         tuple(spacing.get(a, (1.0, ""))[1] for a in "yx"),
     )
-    return LazyImage(SqueezedView(array, None, c), geometry, c, rgb, path, what, _keep=tif)
+    views = tuple(SqueezedView(a, None, c) for a in levels)
+    return LazyImage(views[0], geometry, c, rgb, path, what, views, _keep=tif)
+
+
+def _tiff_levels(series: Any, zarr: Any) -> list:
+    """zarr views of the levels of a TIFF series, level 0 first; levels whose axes do not
+    fit level 0's (other axes, or other channels) are left out with those after them."""
+    levels = [zarr.open(series.aszarr(level=0), mode="r")]
+    first = tuple(int(n) for n in levels[0].shape)
+    for i, level in enumerate(series.levels[1:], start=1):
+        shape = tuple(int(n) for n in level.shape)
+        if level.axes != series.axes or any(n > n0 for n, n0 in zip(shape, first, strict=True)):
+            break
+        if any(n != n0 for a, n, n0 in zip(series.axes, shape, first, strict=True) if a in "CS"):
+            break
+        levels.append(zarr.open(series.aszarr(level=i), mode="r"))
+    return levels
 
 
 def _tiff_kind(page: Any, levels: int) -> str:
