@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -178,15 +179,34 @@ def test_image_hash_of_large_or_lazy_arrays_reads_slices(monkeypatch):
 
     class Lazy:  # like a dask or zarr array: indexing reads
         shape, dtype = a.shape, a.dtype
-        reads = 0
+        reads: ClassVar[list] = []
 
-        def __getitem__(self, i):
-            Lazy.reads += 1
-            return a[i]
+        def __getitem__(self, key):
+            out = a[key]
+            Lazy.reads.append(out.nbytes)
+            return out
 
     assert image_sha256(Lazy()) == whole
-    assert Lazy.reads == 5
+    assert len(Lazy.reads) == 5 * 14 and max(Lazy.reads) <= 100  # bands of 3 rows of 30 B
     assert image_sha256(a) == whole
+
+
+def test_image_hash_of_a_chunked_lazy_plane_reads_each_chunk_once(monkeypatch):
+    a = np.random.default_rng(1).integers(0, 4000, (100, 70), dtype=np.uint16)
+    whole = image_sha256(a)
+    monkeypatch.setattr(session_types, "_HASH_CHUNK", 4000)  # 28 rows of 140 B
+
+    class Zarrish:  # chunks of 16 x 32: a row read would decompress 3 chunks for 140 B
+        shape, dtype, chunks = a.shape, a.dtype, (16, 32)
+        keys: ClassVar[list] = []
+
+        def __getitem__(self, key):
+            Zarrish.keys.append(key)
+            return a[key]
+
+    assert image_sha256(Zarrish()) == whole
+    # Bands of 16 rows (whole chunks; 28 would cut chunks), each row of chunks read once.
+    assert Zarrish.keys == [(slice(r, min(r + 16, 100)),) for r in range(0, 100, 16)]
 
 
 def test_identity_of_rgb_image_has_labels_shape_without_colours():

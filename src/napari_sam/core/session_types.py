@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import NapariSamError, SessionError
+from .lazy_arrays import chunk_shape
 from .mask_prompts import StartMask
 from .mask_rle import encode_mask
 from .normalize import Normalization
@@ -71,8 +73,8 @@ def image_sha256(data: Any) -> str:
 
     The hash covers ``repr((shape, dtype name))`` followed by the values in C order as
     little-endian bytes, so the same pixels give the same hash whatever the file format,
-    byte order or memory layout. NumPy, dask and zarr arrays work; lazy arrays are read one
-    slice of the first axis at a time.
+    byte order or memory layout. NumPy, dask and zarr arrays work; large or lazy arrays are
+    read in bands of whole chunks of at most about 64 MiB (:func:`_bands`).
 
     Parameters
     ----------
@@ -100,9 +102,31 @@ def image_sha256(data: Any) -> str:
     if isinstance(data, np.ndarray) and data.nbytes <= _HASH_CHUNK:
         feed(data)
     else:
-        for i in range(shape[0]):
-            feed(data[i])
+        for key in _bands(shape, dtype.itemsize, chunk_shape(data), _HASH_CHUNK):
+            feed(data[key])
     return h.hexdigest()
+
+
+def _bands(
+    shape: tuple[int, ...], itemsize: int, chunks: tuple[int, ...] | None, limit: int
+) -> Iterator[tuple[int | slice, ...]]:
+    """Indices covering an array in C order, each of about ``limit`` bytes at most.
+
+    The first axis whose trailing slices fit ``limit`` is cut into bands of whole chunks
+    (one row of a 20,000 px zarr slide would decompress a row of chunks for a few KiB: a
+    band of 1024 rows reads each chunk once); the axes before it are taken one index at a
+    time. Concatenated, the bands are the array's values in C order.
+    """
+    axis = 0
+    while axis < len(shape) - 1 and math.prod(shape[axis + 1 :]) * itemsize > limit:
+        axis += 1
+    per = max(1, math.prod(shape[axis + 1 :]) * itemsize)
+    step = max(1, limit // per)
+    if chunks is not None and len(chunks) == len(shape) and chunks[axis] > 0:
+        step = max(chunks[axis], step // chunks[axis] * chunks[axis])
+    for lead in np.ndindex(*shape[:axis]):
+        for a in range(0, shape[axis], step):
+            yield (*lead, slice(a, min(a + step, shape[axis])))
 
 
 @dataclass(frozen=True)
