@@ -136,6 +136,14 @@ print(json.dumps({"way": sys.argv[2], "seconds": seconds, "tiles": len(grid),
 """
 
 
+def _child(code: str, *args: object) -> dict:
+    """Run ``code`` in a fresh Python with ``args``; its last line of output is JSON."""
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def _write_plane(path: str, size: int) -> None:
     """A size x size uint16 plane of noise and bright discs, chunk by chunk."""
     import numpy as np
@@ -165,13 +173,7 @@ def bench_lazy(size: int, threads: int) -> None:
         print("| plane | read | time to the mask | tiles embedded | peak RSS | pixels read |")
         print("|---|---|---:|---:|---:|---:|")
         for way in ("lazy", "eager"):
-            out = subprocess.run(
-                [sys.executable, "-c", LAZY_CHILD, path, way, str(threads)],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            r = json.loads(out.strip().splitlines()[-1])
+            r = _child(LAZY_CHILD, path, way, threads)
             print(
                 f"| {size} x {size} uint16, {r['tiles']} tiles | {way} | {r['seconds']:.1f} s "
                 f"| {r['embedded']} | {r['peak'] / 2**30:.2f} GiB "
@@ -184,13 +186,7 @@ def bench_auto(sizes: list[int], threads: int, points_per_side: int) -> None:
     print("| image | tiles | time | per tile | objects | peak RSS (segmenting) | peak RSS (run) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for size in sizes:
-        out = subprocess.run(
-            [sys.executable, "-c", AUTO_CHILD, str(size), str(threads), str(points_per_side)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        r = _child(AUTO_CHILD, size, threads, points_per_side)
         print(
             f"| {size} x {size} | {r['tiles']} | {r['seconds']:.1f} s | "
             f"{r['seconds'] / r['tiles']:.2f} s | {r['objects']} | "

@@ -53,3 +53,10 @@ def write_ome_zarr(
 
 def _scale(values):
     return {"type": "scale", "scale": [float(v) for v in values]}
+
+
+def write_plate(path):
+    """An HCS plate group (not an image: readers refuse it with a pointer to one image)."""
+    import zarr
+
+    zarr.open_group(str(path), mode="w", zarr_format=2).attrs["plate"] = {"wells": []}

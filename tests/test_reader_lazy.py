@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from ome_zarr_files import pixels, write_ome_zarr
+from ome_zarr_files import pixels, write_ome_zarr, write_plate
 
 from napari_sam._reader import get_reader, read_layers
 from napari_sam.core import lazy_arrays
@@ -141,17 +141,13 @@ def _broken_lower_level(path):
     g.attrs["multiscales"] = ms
 
 
-def _plate(path):
-    zarr.open_group(str(path), mode="w", zarr_format=2).attrs["plate"] = {"wells": []}
-
-
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
         (lambda p: p.mkdir(), "not a zarr group"),
         (lambda p: (p.mkdir(), (p / "zarr.json").write_text("{broken")), "not a zarr group"),
         (_broken_lower_level, "level 1 ('s1') is missing or unreadable."),
-        (_plate, "it is an HCS plate; give the folder of one image in it"),
+        (write_plate, "it is an HCS plate; give the folder of one image in it"),
     ],
 )
 def test_a_broken_ome_zarr_is_one_line(tmp_path, make, reason):

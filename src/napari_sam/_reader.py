@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .core.geometry import VolumeGeometry
 from .core.io import file_suffix
 from .core.lazy_images import LazyImage, SqueezedView, looks_like_ome_zarr
 from .core.volume_io import VOLUME_SUFFIXES, Volume, is_dicom_file, looks_like_labels
@@ -120,6 +121,17 @@ def layer_name(source: Path | None) -> str:
     return source.name[: len(source.name) - len(suffix)] or source.name
 
 
+def _placed(name: str, g: VolumeGeometry, info: dict[str, Any]) -> dict[str, Any]:
+    """Layer keyword arguments placing it in physical space, with napari-sam's metadata."""
+    return {
+        "name": name,
+        "scale": g.napari_scale(),
+        "translate": g.origin,
+        "units": tuple(u if u in _NAPARI_UNITS else "pixel" for u in g.units),
+        "metadata": {"napari_sam": info},
+    }
+
+
 def layer_data(
     volume: Volume, name: str | None = None, *, labels: bool | None = None
 ) -> LayerData:
@@ -143,13 +155,7 @@ def layer_data(
     g = volume.geometry
     name = name or layer_name(volume.source)
     info: dict[str, Any] = {"geometry": g, "source": volume.source, "modality": volume.modality}
-    kwargs: dict[str, Any] = {
-        "name": name,
-        "scale": g.napari_scale(),
-        "translate": g.origin,
-        "units": tuple(u if u in _NAPARI_UNITS else "pixel" for u in g.units),
-        "metadata": {"napari_sam": info},
-    }
+    kwargs = _placed(name, g, info)
     if g.notice:
         info["notice"] = g.notice
         warnings.warn(f"{name}: {g.notice}", GeometryNotice, stacklevel=2)
@@ -220,13 +226,7 @@ def lazy_layers(image: LazyImage, name: str | None = None) -> list[LayerData]:
         "kind": image.kind,
         "levels": [tuple(int(n) for n in level.shape) for level in levels],
     }
-    kwargs: dict[str, Any] = {
-        "name": name,
-        "scale": g.napari_scale(),
-        "translate": g.origin,
-        "units": tuple(u if u in _NAPARI_UNITS else "pixel" for u in g.units),
-        "metadata": {"napari_sam": info},
-    }
+    kwargs = _placed(name, g, info)
     if len(levels) > 1:
         kwargs["multiscale"] = True
     if image.rgb or image.channel_axis is None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from ome_zarr_files import pixels, write_ome_zarr
+from ome_zarr_files import pixels, write_ome_zarr, write_plate
 
 from napari_sam.core import lazy_arrays, lazy_images
 from napari_sam.core.errors import ImageError
@@ -104,15 +104,11 @@ def _wrong_axes(path):
     g.attrs["multiscales"] = ms
 
 
-def _plate(path):
-    zarr.open_group(str(path), mode="w", zarr_format=2).attrs["plate"] = {"wells": []}
-
-
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
         (lambda p: p.mkdir(), "not a zarr group"),
-        (_plate, "it is an HCS plate; give the folder of one image in it (e.g. A/1/0)."),
+        (write_plate, "it is an HCS plate; give the folder of one image in it (e.g. A/1/0)."),
         (_no_multiscales, "no OME-NGFF 'multiscales' metadata"),
         (_missing_level, "the level 0 array 's0' is missing"),
         (_wrong_axes, "'axes' metadata does not fit the level 0 array (2 axes)"),

@@ -130,3 +130,20 @@ def inside_point(mask: np.ndarray) -> tuple[int, int]:
     dist = ndi.distance_transform_edt(mask)
     r, c = np.unravel_index(np.argmax(dist), mask.shape)
     return int(r), int(c)
+
+
+def record_plane_reads(monkeypatch) -> list[tuple[int, int]]:
+    """The (rows, cols) of every region read through ``PlaneView`` from now on (what a lazy
+    tiled plane reads from the layer's data)."""
+    from napari_sam.core.lazy_arrays import PlaneView
+
+    reads: list[tuple[int, int]] = []
+    original = PlaneView.__getitem__
+
+    def recording(self, key):
+        out = original(self, key)
+        reads.append(out.shape[:2])
+        return out
+
+    monkeypatch.setattr(PlaneView, "__getitem__", recording)
+    return reads

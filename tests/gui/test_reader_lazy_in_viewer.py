@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gui_helpers import layer_named, wait_idle
+from gui_helpers import layer_named, record_plane_reads, wait_idle
 from ome_zarr_files import pixels, write_ome_zarr
 
-from napari_sam.core.lazy_arrays import PlaneView
 from napari_sam.core.lazy_images import SqueezedView
 from napari_sam.core.synthetic import make_cells
 from napari_sam.core.tiled_embedding import open_tiled
@@ -33,15 +32,7 @@ def test_ome_zarr_is_read_only_where_a_click_needs_it(
         tmp_path / "nuclei.ome.zarr", syn.image[np.newaxis, np.newaxis], "tcyx",
         (1.0, 1.0, *SCALE), levels=3, translation=(0.0, 0.0, *TRANSLATE), chunk=128,
     )  # fmt: skip
-    reads = []
-    original = PlaneView.__getitem__
-
-    def recording(self, key):
-        out = original(self, key)
-        reads.append(out.shape[:2])
-        return out
-
-    monkeypatch.setattr(PlaneView, "__getitem__", recording)
+    reads = record_plane_reads(monkeypatch)
     viewer, widget = make_widget(engine=tiny_engine)
     widget.set_tiling(TILE, HALO)
     (layer,) = viewer.open(str(path), plugin="napari-sam-kit")

@@ -13,10 +13,9 @@ import time
 
 import numpy as np
 import pytest
-from gui_helpers import GeometricEngine, box_mask, layer_named, wait_idle
+from gui_helpers import GeometricEngine, box_mask, layer_named, record_plane_reads, wait_idle
 
 from napari_sam.core.errors import Cancelled, NapariSamError
-from napari_sam.core.lazy_arrays import PlaneView
 from napari_sam.core.prepared_plane import PreparedPlane
 from napari_sam.core.synthetic import make_cells
 from napari_sam.core.tiled_automatic import segment_tiled
@@ -192,15 +191,7 @@ def test_a_lazy_image_is_read_only_where_tiles_are_needed(
     make_widget, qtbot, tiny_engine, monkeypatch, make_lazy
 ):
     syn = nuclei()
-    reads = []
-    original = PlaneView.__getitem__
-
-    def recording(self, key):
-        out = original(self, key)
-        reads.append(out.shape[:2])
-        return out
-
-    monkeypatch.setattr(PlaneView, "__getitem__", recording)
+    reads = record_plane_reads(monkeypatch)
     data = make_lazy(syn.image)
     multiscale = isinstance(data, list)
     viewer, widget, layer = open_tiled_image(
