@@ -53,3 +53,18 @@ def make_widget(make_napari_viewer_proxy, qtbot):
             widget.cancel()
             qtbot.waitUntil(lambda w=widget: not w.runner.busy, timeout=30_000)
             widget.close()
+
+
+@pytest.fixture
+def notes():
+    """Every napari notification shown during the test, as (severity, message)."""
+    from napari.utils.notifications import notification_manager
+
+    got: list[tuple[str, str]] = []
+
+    def record(n):
+        got.append((str(n.severity), str(n.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield got
+    notification_manager.notification_ready.disconnect(record)

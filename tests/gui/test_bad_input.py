@@ -23,21 +23,6 @@ BEST_RADIUS = CLICK_RADII[int(np.argmax(CLICK_SCORES))]
 OLD_ID = 7
 
 
-@pytest.fixture
-def notes():
-    """Every napari notification shown during the test, as (severity, message)."""
-    from napari.utils.notifications import notification_manager
-
-    got: list[tuple[str, str]] = []
-
-    def record(n):
-        got.append((str(n.severity), str(n.message)))
-
-    notification_manager.notification_ready.connect(record)
-    yield got
-    notification_manager.notification_ready.disconnect(record)
-
-
 def noise(shape=SHAPE, dtype=np.float32, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).random(shape).astype(dtype)
 

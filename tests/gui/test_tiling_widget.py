@@ -286,6 +286,36 @@ def test_cancel_during_tile_embedding_leaves_labels_untouched(make_widget, qtbot
 # ------------------------------------------------------------------------------------------
 
 
+def test_a_large_plane_on_disk_is_tiled_unless_a_mode_was_chosen(
+    make_widget, qtbot, small_model, monkeypatch, notes
+):
+    import dask.array as da
+
+    reads = record_plane_reads(monkeypatch)
+    viewer, widget = make_widget(engine=GeometricEngine(small_model))
+    slide = da.from_array(nuclei((2400, 600)).image, chunks=(512, 600))
+    viewer.add_image(slide, name="slide")
+    wait_idle(qtbot, widget)
+    # 'auto' tiles it (2400 px > 64 x 32 px objects): opened without reading the plane.
+    assert widget.tiling_mode.value == "auto" and widget.tile_grid is not None
+    assert widget.tiles_embedded == [] and max(h * w for h, w in reads) <= 64 * 64
+    assert any("slide is 2400 x 600 px and read from disk: tiling is now 'auto'" in n
+               for _, n in notes), notes  # fmt: skip
+
+    # The same data in memory keeps the default: embedded whole, as before.
+    viewer2, widget2 = make_widget(engine=GeometricEngine(small_model))
+    viewer2.add_image(np.asarray(slide), name="in memory")
+    wait_idle(qtbot, widget2)
+    assert widget2.tiling_mode.value == "off" and widget2.tile_grid is None
+
+    # A mode the user chose is kept: 'off' stays off for the next slide.
+    widget.set_tiling("off")
+    viewer.layers.clear()
+    viewer.add_image(slide, name="slide 2")
+    wait_idle(qtbot, widget)
+    assert widget.tiling_mode.value == "off" and widget.tile_grid is None
+
+
 @pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "dask"])
 def test_auto_segment_tiled_equals_core(make_widget, qtbot, tiny_engine, lazy):
     shape, tile, halo = (240, 480), (240, 240), (16, 16)  # 2 tiles, blocks of 240 x 272

@@ -119,6 +119,7 @@ class PlaneEmbedder:
             self.invalidate(None)
             host.set_status(e.for_gui())
             return
+        host.tiling_panel.adopt_auto(image, plane)  # a large plane on disk: tile it
         norm = host.normalization_settings(image)
         key = (
             image.unique_id,

@@ -108,8 +108,9 @@ class TilingPanel(Container):
         self.timer = QTimer(host.native)
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.refresh)
-        for w in (self.mode, self.object_size):
-            w.changed.connect(self._on_settings)
+        self.chosen = False  # whether the mode was chosen (by the user, or set_tiling)
+        self.mode.changed.connect(self._on_mode)
+        self.object_size.changed.connect(self._on_settings)
         for w in (*self.tile, *self.halo):
             w.changed.connect(self._on_tile_size)
         self.show_tiles.changed.connect(lambda *_: self.refresh())
@@ -146,6 +147,7 @@ class TilingPanel(Container):
                 raise NapariSamError(
                     f"tiling must be 'off', 'auto' or (rows, cols), not {tiling!r}"
                 )
+            self.chosen = True
             self.mode.value = tiling
             return
         tile = tuple(int(v) for v in tiling)
@@ -154,10 +156,39 @@ class TilingPanel(Container):
             raise NapariSamError(f"tile must be (rows, cols) >= 16 and halo >= 0: {tile}, {halo}")
         with self.mode.changed.blocked():
             self.mode.value = "tile size"
+        self.chosen = True
         for box, value in ((self.tile, tile), (self.halo, halo)):
             for w, v in zip(box, value, strict=True):
                 with w.changed.blocked():
                     w.value = v
+        self._on_settings()
+
+    def adopt_auto(self, image: Any, plane: Plane) -> bool:
+        """Tile a large plane on disk ('auto') while no tiling mode was chosen.
+
+        Embedding such a plane whole would read all of it (gigabytes for a slide) to shrink
+        it to SAM's 1024 px, where small objects vanish; tiled, only the tiles prompts need
+        are read. Planes in memory keep the default ('off'), as before.
+        """
+        from .._layers import level0
+        from ..core.lazy_arrays import is_on_disk
+
+        if self.chosen or self.mode.value != "off" or not needs_tiling(plane.shape):
+            return False
+        if not is_on_disk(level0(image)):
+            return False
+        with self.mode.changed.blocked():
+            self.mode.value = "auto"
+        self._sync_controls()
+        h, w = plane.shape
+        self._host.notify(
+            f"{image.name} is {h} x {w} px and read from disk: tiling is now 'auto', so only "
+            "the tiles you segment are read (Large images: choose 'off' to embed it whole)."
+        )
+        return True
+
+    def _on_mode(self, *_: Any) -> None:
+        self.chosen = True
         self._on_settings()
 
     def _on_tile_size(self, *_: Any) -> None:
