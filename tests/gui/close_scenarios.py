@@ -44,7 +44,7 @@ def _slow_engine(kind: str):
     from napari_sam.core.engine import SamEngine
 
     class Slow(SamEngine):
-        def embed(self, rgb, *, progress=None, cancel=None):
+        def embed(self, rgb, *, progress=None, cancel=None, **kwargs):
             if kind == "embed":
                 for i in range(600):  # 30 s in 50 ms blocks, like an encoder's blocks
                     if cancel is not None and cancel():
@@ -54,7 +54,7 @@ def _slow_engine(kind: str):
                     if progress is not None:
                         progress(i, 600)
                     time.sleep(0.05)
-            return super().embed(rgb, progress=progress, cancel=cancel)
+            return super().embed(rgb, progress=progress, cancel=cancel, **kwargs)
 
         def predict(self, *args, **kwargs):
             if kind == "predict":
@@ -95,9 +95,11 @@ def main() -> None:
         from napari_sam.core.engine import SamEngine
 
         widget.set_engine(SamEngine.from_name("tiny", device="cpu"))
-    if STATE in ("embedding", "preview", "propagate"):
-        kind = {"embedding": "embed", "preview": "predict", "propagate": "predict"}[STATE]
+    if STATE in ("embedding", "preview", "propagate", "tiles"):
+        kind = {"preview": "predict", "propagate": "predict"}.get(STATE, "embed")
         widget.set_engine(_slow_engine(kind))
+    if STATE == "tiles":  # a click embedding its tile of a large plane read from disk
+        widget.set_tiling((256, 256), (64, 64))
     if STATE == "samples":
         for key in ("coins", "cell", "ihc", "synthetic_cells", "nuclei_3d"):
             viewer.open_sample("napari-sam-kit", key)
@@ -105,6 +107,13 @@ def main() -> None:
         from napari_sam.core.synthetic import make_nuclei_volume
 
         viewer.add_image(make_nuclei_volume((24, 96, 96), n_objects=4).image, name="stack")
+    elif STATE == "tiles":
+        import dask.array as da
+
+        from napari_sam.core.synthetic import make_cells
+
+        image = make_cells((600, 1200), seed=1).image
+        viewer.add_image(da.from_array(image, chunks=(128, 128)), name="slide")
     else:
         from napari_sam.core.synthetic import make_cells
 
@@ -150,6 +159,14 @@ def main() -> None:
             elif runner.current("predict") is None:
                 widget.propagate()
             return False
+        if STATE == "tiles":
+            if widget.embedding is None:
+                return False
+            points = next(x for x in viewer.layers if x.name == "SAM points")
+            if not len(points.data):
+                points.add([300, 600])
+            task = runner.current("embed")
+            return task is not None and task.done > 0
         if STATE == "embed_all":
             task = runner.current("embed_all")
             if task is None and widget.embedding is not None:

@@ -45,6 +45,7 @@ def _run(state: str, how: str, tmp_path: Path) -> subprocess.CompletedProcess:
         ("preview", "window"),
         ("propagate", "window"),
         ("embed_all", "viewer"),  # Embed all slices running in the background
+        ("tiles", "window"),  # a click's tile of a dask plane being embedded
         ("auto", "viewer"),
     ],
 )
