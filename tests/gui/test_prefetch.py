@@ -3,11 +3,15 @@ by it (any other torch job cancels it)."""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+
 import numpy as np
 import pytest
-from gui_helpers import layer_named, wait_idle
+from gui_helpers import GeometricEngine, layer_named, wait_idle
 
 from napari_sam.core.embedding import image_key
+from napari_sam.core.errors import Cancelled
 
 pytestmark = pytest.mark.gui
 
@@ -47,3 +51,39 @@ def test_a_click_cancels_prefetching(make_widget, qtbot, geometric_engine):
     qtbot.waitUntil(lambda: prefetch.cancelled, timeout=10_000)
     wait_idle(qtbot, widget)
     assert widget.preview is not None
+
+
+class SlowEncoder(GeometricEngine):
+    """An encoder that takes about 1.5 s (cancellable) and counts how often it started."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.started: Counter = Counter()
+
+    def embed(self, rgb, *, progress=None, cancel=None, **kwargs):
+        if self.cached_embedding(rgb) is None:
+            self.started[image_key(rgb)] += 1
+            for _ in range(30):
+                if cancel is not None and cancel():
+                    raise Cancelled("embedding cancelled")
+                time.sleep(0.05)
+        return super().embed(rgb, progress=progress, cancel=cancel, **kwargs)
+
+
+def test_moving_onto_the_plane_being_prefetched_waits_for_it(make_widget, qtbot, small_model):
+    engine = SlowEncoder(small_model)
+    viewer, widget = make_widget(engine=engine)
+    image = viewer.add_image(
+        np.random.default_rng(2).random((6, 48, 64), dtype=np.float32), name="stack"
+    )
+    viewer.dims.current_step = (2, 0, 0)
+    next_key = _key(widget, image, 3)  # the first plane prefetched from slice 2
+    qtbot.waitUntil(lambda: engine.started[next_key] == 1, timeout=60_000)
+    assert widget.runner.current("prefetch") is not None
+
+    viewer.dims.current_step = (3, 0, 0)  # while slice 3 is in the encoder
+    wait_idle(qtbot, widget, timeout=120_000)
+    assert engine.started[next_key] == 1  # computed once, not cancelled and restarted
+    assert widget.plane_embedder.waited_for_prefetch == 1
+    assert widget.embedding is not None and widget.plane_embedder.plane.index[0] == 3
+    assert widget.preview is None  # nothing asked for

@@ -29,6 +29,7 @@ def test_lazy_stack_plane_reads_commit_undo_and_auto_segment(
     data = (np.arange(np.prod(SHAPE)) % 50_000).reshape(SHAPE).astype(np.uint16)
     lazy = ReadLog(data, chunks=(1, 512, 512))  # np.asarray(lazy) raises
     viewer, widget = make_widget(engine=GeometricEngine(small_model))
+    widget.set_tiling("off")  # embedded whole (tiling would read only its tiles' blocks)
     viewer.add_image(lazy, name="lazy", contrast_limits=(0, 50_000))
     viewer.dims.current_step = (1, 0, 0)
     wait_idle(qtbot, widget)

@@ -8,6 +8,7 @@ key changes and the :class:`~napari_sam._session.Generation` counter is bumped; 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +98,13 @@ class PlaneEmbedder:
         #: How many late results were thrown away (the image, slice, model or normalisation
         #: had changed by the time they arrived).
         self.discarded = 0
+        #: The key of the plane the prefetch job is embedding now (None between planes), and
+        #: the event that stops it after that plane; both under ``_prefetch_lock``.
+        self._prefetching: tuple | None = None
+        self._prefetch_stop = threading.Event()
+        self._prefetch_lock = threading.Lock()
+        #: How many times moving onto a plane waited for its prefetch instead of restarting it.
+        self.waited_for_prefetch = 0
         #: How many neighbouring planes were embedded ahead of need.
         self.prefetched = 0
 
@@ -211,8 +219,22 @@ class PlaneEmbedder:
             host.preview_controller.schedule()
             self.prefetch()
 
+        # The plane being prefetched right now: let that job finish it (then stop) and wait
+        # for its result at the torch gate, instead of cancelling it and starting again.
+        with self._prefetch_lock:
+            spare = self._prefetching == key and host.runner.current("prefetch") is not None
+            if spare:
+                self._prefetch_stop.set()
+                self.waited_for_prefetch += 1
         host.set_status("Computing the image embedding…")
-        host.runner.start("embed", "computing image embedding", job, done, key=key)
+        host.runner.start(
+            "embed",
+            "computing image embedding",
+            job,
+            done,
+            key=key,
+            spare=("prefetch",) if spare else (),
+        )
 
     def prefetch(self) -> None:
         """Embed the planes next to the current one, nearest first, while nothing else runs.
@@ -242,16 +264,28 @@ class PlaneEmbedder:
             return
         data, rgb_layer, engine = level0(image), bool(image.rgb), embedded.engine
         norm = host.normalization_settings(image)
+        # Each plane's key as update() makes it, to recognise a move onto the plane in work.
+        context = embedded.key
+        keys = [(*context[:2], plane, *context[3:]) for plane in planes]
+        stop = self._prefetch_stop = threading.Event()
 
         def job(task: Task) -> int:
             computed = 0
-            for i, plane in enumerate(planes):
-                task.check()
-                rgb = norm.apply(plane.take(data), rgb=rgb_layer)
-                if engine.cached_embedding(rgb) is None:
-                    engine.embed(rgb, cancel=task.is_cancelled)
-                    computed += 1
-                task.done, task.total = i + 1, len(planes)
+            try:
+                for i, plane in enumerate(planes):
+                    task.check()
+                    with self._prefetch_lock:
+                        if stop.is_set():  # the user moved onto the plane just finished
+                            break
+                        self._prefetching = keys[i]
+                    rgb = norm.apply(plane.take(data), rgb=rgb_layer)
+                    if engine.cached_embedding(rgb) is None:
+                        engine.embed(rgb, cancel=task.is_cancelled)
+                        computed += 1
+                    task.done, task.total = i + 1, len(planes)
+            finally:
+                with self._prefetch_lock:
+                    self._prefetching = None
             return computed
 
         def done(task: Task, computed: Any, error: BaseException | None) -> None:

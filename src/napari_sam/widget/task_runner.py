@@ -77,19 +77,21 @@ class TaskRunner:
         *,
         key: Any = None,
         uses_torch: bool = True,
+        spare: tuple[str, ...] = (),
     ) -> Task | None:
         """Run ``job(task)`` in a worker; ``done(task, result, error)`` gets its outcome.
 
         A running task of the same kind is cancelled first (its late result is dropped). Jobs
-        that use torch take their turn at the runner's :class:`~napari_sam._tasks.TorchGate`;
-        others (hashing, saving) run alongside. Returns None (and starts nothing) once the
-        runner is shut down.
+        that use torch take their turn at the runner's :class:`~napari_sam._tasks.TorchGate`
+        and cancel background work, except the kinds in ``spare`` (a job that needs what the
+        background task is computing waits for it instead); others (hashing, saving) run
+        alongside. Returns None (and starts nothing) once the runner is shut down.
         """
         if self.closed or self.paused:
             return None
         self._cancel_kinds((kind,))
         if uses_torch and kind not in BACKGROUND:
-            self._cancel_kinds(BACKGROUND)
+            self._cancel_kinds(tuple(k for k in BACKGROUND if k not in spare))
         task = Task(kind, label, key, self.gate if uses_torch else None)
         worker = create_worker(task.run, job, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda outcome: self._deliver(task, done, outcome))
