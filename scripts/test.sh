@@ -3,6 +3,8 @@
 # when installed; otherwise tests/conftest.py skips them and says so loudly at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The 20 slowest tests are listed at the end: the suite has a 20-minute budget on 2 cores.
+set -- --durations=20 "$@"
 if [ -z "${DISPLAY:-}" ] && [ "$(uname -s)" = Linux ]; then
   # xvfb-run itself fails without xauth, so both are needed.
   if command -v xvfb-run >/dev/null 2>&1 && command -v xauth >/dev/null 2>&1; then
