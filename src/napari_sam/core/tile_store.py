@@ -308,7 +308,8 @@ class TileStore:
         """Write a tile's (1, C, E, E) features and the content hash ``key`` of its block,
         then mark it done."""
         self._check_index(plane, tile)
-        self._mark(plane, tile, False)  # never done with a half-written chunk or old key
+        if self._done[plane, tile]:  # rewritten: never done with a half-written chunk or old key
+            self._mark(plane, tile, False)
         digest = np.zeros(_KEY_BYTES, np.uint8)
         if key is not None:
             digest[:] = np.frombuffer(bytes.fromhex(key), np.uint8)[:_KEY_BYTES]
