@@ -64,6 +64,13 @@ def _slow_engine(kind: str):
     return Slow.from_name("tiny", device="cpu")
 
 
+def _click_once(viewer, point) -> None:
+    """A positive click at ``point`` unless one was added already."""
+    points = next(x for x in viewer.layers if x.name == "SAM points")
+    if not len(points.data):
+        points.add(point)
+
+
 def main() -> None:
     import os
 
@@ -139,9 +146,7 @@ def main() -> None:
         if STATE == "preview":
             if widget.embedding is None:
                 return False
-            points = next(x for x in viewer.layers if x.name == "SAM points")
-            if not len(points.data):
-                points.add([128, 128])
+            _click_once(viewer, [128, 128])
             return runner.current("predict") is not None
         if STATE == "propagate":
             task = runner.current("propagate")
@@ -162,9 +167,7 @@ def main() -> None:
         if STATE == "tiles":
             if widget.embedding is None:
                 return False
-            points = next(x for x in viewer.layers if x.name == "SAM points")
-            if not len(points.data):
-                points.add([300, 600])
+            _click_once(viewer, [300, 600])
             task = runner.current("embed")
             return task is not None and task.done > 0
         if STATE == "embed_all":

@@ -147,3 +147,10 @@ def record_plane_reads(monkeypatch) -> list[tuple[int, int]]:
 
     monkeypatch.setattr(PlaneView, "__getitem__", recording)
     return reads
+
+
+def object_click(labels: np.ndarray, rows: slice, cols: slice) -> list[float]:
+    """A click at the median pixel of the first object found in ``labels[rows, cols]``."""
+    ids = np.unique(labels[rows, cols])
+    rr, cc = np.nonzero(labels == ids[ids > 0][0])
+    return [float(np.median(rr)), float(np.median(cc))]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gui_helpers import layer_named, record_plane_reads, wait_idle
+from gui_helpers import layer_named, object_click, record_plane_reads, wait_idle
 from ome_zarr_files import pixels, write_ome_zarr
 
 from napari_sam.core.lazy_images import SqueezedView
@@ -47,9 +47,7 @@ def test_ome_zarr_is_read_only_where_a_click_needs_it(
     # Opening the plane read a few small patches, not the plane.
     assert reads and max(h * w for h, w in reads) <= 64 * 64
 
-    ids = np.unique(syn.labels[250:350, 440:520])
-    rr, cc = np.nonzero(syn.labels == ids[ids > 0][0])
-    click = [float(np.median(rr)), float(np.median(cc))]
+    click = object_click(syn.labels, slice(250, 350), slice(440, 520))
     reads.clear()
     layer_named(viewer, "SAM points").add(click)
     wait_idle(qtbot, widget)

@@ -13,7 +13,14 @@ import time
 
 import numpy as np
 import pytest
-from gui_helpers import GeometricEngine, box_mask, layer_named, record_plane_reads, wait_idle
+from gui_helpers import (
+    GeometricEngine,
+    box_mask,
+    layer_named,
+    object_click,
+    record_plane_reads,
+    wait_idle,
+)
 
 from napari_sam.core.errors import Cancelled, NapariSamError
 from napari_sam.core.prepared_plane import PreparedPlane
@@ -136,10 +143,7 @@ def test_click_with_tiling_equals_core_and_commits_once(make_widget, qtbot, tiny
     syn = nuclei()
     viewer, widget, _ = open_tiled_image(make_widget, qtbot, tiny_engine, syn.image)
     # A nucleus near the border of tiles 6 and 7 (column 480).
-    ids = np.unique(syn.labels[250:350, 440:520])
-    obj = syn.labels == ids[ids > 0][0]
-    rr, cc = np.nonzero(obj)
-    click = [float(np.median(rr)), float(np.median(cc))]
+    click = object_click(syn.labels, slice(250, 350), slice(440, 520))
 
     layer_named(viewer, "SAM points").add(click)
     wait_idle(qtbot, widget)
@@ -202,9 +206,7 @@ def test_a_lazy_image_is_read_only_where_tiles_are_needed(
     assert reads and max(h * w for h, w in reads) <= 64 * 64
     assert isinstance(widget.plane_embedder.embedded.rgb, PreparedPlane)
 
-    ids = np.unique(syn.labels[250:350, 440:520])
-    rr, cc = np.nonzero(syn.labels == ids[ids > 0][0])
-    click = [float(np.median(rr)), float(np.median(cc))]
+    click = object_click(syn.labels, slice(250, 350), slice(440, 520))
     reads.clear()
     layer_named(viewer, "SAM points").add(click)
     wait_idle(qtbot, widget)
